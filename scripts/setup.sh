@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what instseg needs to build and test, skipping what is already there:
+# Debian/Ubuntu packages (GStreamer, PyGObject), a Rust toolchain, and a local Python venv
+# (.venv) with ONNX Runtime, the training package and the test tools. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential pkg-config curl ca-certificates
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  python3 python3-venv python3-gi python3-gst-1.0
+)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Rust >= 1.92 (Debian's own cargo is too old): rustup when cargo is missing or old.
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+rust_minor=$(rustc --version 2>/dev/null | sed -E 's/^rustc 1\.([0-9]+).*/\1/' || true)
+if [ -z "$rust_minor" ] || [ "$rust_minor" -lt 92 ]; then
+  echo "setup: installing Rust with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
+    --component rustfmt,clippy
+  . "$HOME/.cargo/env"
+fi
+
+# Python: prefer the interpreter on PATH; the venv gets ONNX Runtime's CPU build.
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import numpy, onnx, onnxruntime, pytest, instseg_train" 2>/dev/null; then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q numpy pytest onnx onnxruntime
+  .venv/bin/pip install -q -e training
+fi

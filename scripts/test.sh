@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: formatting, lints, the Rust tests (unit,
+# integration, doc) and the Python tests (NumPy reference equality, training package).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+export PATH="$PWD/.venv/bin:$PATH"
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
+python -m pytest -q tests/python training/tests

@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Per-track state between frames and identity assignment (SPEC section 3).
+
+use super::{GridPoint, GridRect, OutputView, SegmentError, Segmentation};
+
+/// Warm-start and identity parameters (SPEC section 3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackingParams {
+    /// Off: every frame starts from nothing and every instance gets a fresh id.
+    pub enabled: bool,
+    /// A track survives this many consecutive frames without a match; one more and it is dropped.
+    pub max_age: u32,
+    /// A warm seed is accepted when sigma(seed, track embedding) reaches this, in (0, 1].
+    pub match_similarity: f64,
+    /// Half-size of the search window around the track's last seed, in output pixels;
+    /// `None` means max(4, the track's bounding-box diagonal).
+    pub search_radius: Option<u32>,
+}
+
+impl Default for TrackingParams {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_age: 10,
+            match_similarity: 0.5,
+            search_radius: None,
+        }
+    }
+}
+
+impl TrackingParams {
+    pub(super) fn validate(&self) -> Result<(), SegmentError> {
+        if self.match_similarity > 0.0 && self.match_similarity <= 1.0 {
+            Ok(())
+        } else {
+            Err(SegmentError(format!(
+                "match-similarity {} is outside (0, 1]",
+                self.match_similarity
+            )))
+        }
+    }
+}
+
+/// What is remembered of one object between frames.
+#[derive(Debug, Clone)]
+struct Track {
+    id: u64,
+    confidence: f32,
+    seed: GridPoint,
+    bbox: GridRect,
+    age: u32,
+    misses: u32,
+}
+
+/// The live tracks, their seed embeddings (the mean embedding over the last exclusive mask,
+/// stored flat, D values per track) and the id counter.
+#[derive(Debug, Default)]
+pub(super) struct Tracker {
+    tracks: Vec<Track>,
+    embeddings: Vec<f32>,
+    dim: usize,
+    grid: (usize, usize),
+    last_id: u64,
+    /// Per kept instance, the sum of its embedding over its exclusive mask.
+    sums: Vec<f64>,
+    matched: Vec<bool>,
+}
+
+impl Tracker {
+    pub(super) fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    /// Drops every track; ids keep growing so that none is ever reused.
+    pub(super) fn reset(&mut self) {
+        self.tracks.clear();
+        self.embeddings.clear();
+    }
+
+    /// Tracks are only comparable on the same grid with the same embedding dimension.
+    pub(super) fn forget_if_shape_changed(&mut self, view: &OutputView) {
+        let grid = (view.width, view.height);
+        if self.dim != view.dim || self.grid != grid {
+            self.reset();
+            self.dim = view.dim;
+            self.grid = grid;
+        }
+    }
+
+    /// Track indices by descending last confidence, ties to the older (smaller) id.
+    pub(super) fn order_by_confidence(&self, order: &mut Vec<usize>) {
+        order.clear();
+        order.extend(0..self.tracks.len());
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&self.tracks[a], &self.tracks[b]);
+            b.confidence.total_cmp(&a.confidence).then(a.id.cmp(&b.id))
+        });
+    }
+
+    pub(super) fn embedding(&self, track: usize) -> &[f32] {
+        &self.embeddings[track * self.dim..][..self.dim]
+    }
+
+    /// The grid rectangle searched for this track's warm seed, clamped to the grid.
+    pub(super) fn search_window(
+        &self,
+        track: usize,
+        params: &TrackingParams,
+        width: usize,
+        height: usize,
+    ) -> Option<GridRect> {
+        let track = &self.tracks[track];
+        let radius = params.search_radius.unwrap_or_else(|| {
+            let (w, h) = (f64::from(track.bbox.width), f64::from(track.bbox.height));
+            (w.hypot(h).ceil() as u32).max(4)
+        });
+        let clamp = |center: u32, size: usize| -> Option<(u32, u32)> {
+            let last = u32::try_from(size).ok()?.checked_sub(1)?;
+            if center > last {
+                return None;
+            }
+            let first = center.saturating_sub(radius);
+            Some((first, center.saturating_add(radius).min(last) + 1 - first))
+        };
+        let (x, width) = clamp(track.seed.x, width)?;
+        let (y, height) = clamp(track.seed.y, height)?;
+        Some(GridRect {
+            x,
+            y,
+            width,
+            height,
+        })
+    }
+
+    /// Gives every kept instance its identity and updates the tracks: matched tracks take the
+    /// instance's class, confidence, seed, box and mean embedding; greedy instances start
+    /// new tracks; unmatched tracks age and are dropped past `max_age` misses.
+    pub(super) fn update(
+        &mut self,
+        view: &OutputView,
+        params: &TrackingParams,
+        instance_tracks: &[Option<usize>],
+        out: &mut Segmentation,
+    ) {
+        if !params.enabled {
+            self.reset();
+            for instance in &mut out.instances {
+                instance.track_id = self.next_id();
+                instance.age = 0;
+            }
+            return;
+        }
+
+        self.accumulate_embeddings(view, out);
+        self.matched.clear();
+        self.matched.resize(self.tracks.len(), false);
+        for track in &mut self.tracks {
+            track.age += 1;
+        }
+        let dim = self.dim;
+        for (index, (instance, &track)) in out.instances.iter_mut().zip(instance_tracks).enumerate()
+        {
+            let track = match track {
+                Some(track) => {
+                    self.matched[track] = true;
+                    track
+                }
+                None => {
+                    let id = self.next_id();
+                    self.tracks.push(Track {
+                        id,
+                        confidence: 0.0,
+                        seed: GridPoint::default(),
+                        bbox: GridRect::default(),
+                        age: 0,
+                        misses: 0,
+                    });
+                    self.embeddings.resize(self.tracks.len() * dim, 0.0);
+                    self.tracks.len() - 1
+                }
+            };
+            let state = &mut self.tracks[track];
+            state.confidence = instance.confidence;
+            state.seed = instance.seed;
+            state.bbox = instance.bbox;
+            state.misses = 0;
+            instance.track_id = state.id;
+            instance.age = state.age;
+            let area = f64::from(instance.area.max(1));
+            let sums = &self.sums[index * dim..][..dim];
+            for (stored, &sum) in self.embeddings[track * dim..][..dim].iter_mut().zip(sums) {
+                *stored = (sum / area) as f32;
+            }
+        }
+
+        // Age out unmatched tracks, compacting tracks and embeddings together.
+        let mut kept = 0;
+        for index in 0..self.tracks.len() {
+            let is_matched = self.matched.get(index).copied().unwrap_or(true);
+            if !is_matched {
+                self.tracks[index].misses += 1;
+            }
+            if self.tracks[index].misses > params.max_age {
+                continue;
+            }
+            if kept != index {
+                self.tracks.swap(kept, index);
+                self.embeddings
+                    .copy_within(index * dim..(index + 1) * dim, kept * dim);
+            }
+            kept += 1;
+        }
+        self.tracks.truncate(kept);
+        self.embeddings.truncate(kept * dim);
+    }
+
+    /// Sums each kept instance's embedding over its exclusive mask (one pass over the tensor).
+    fn accumulate_embeddings(&mut self, view: &OutputView, out: &Segmentation) {
+        let dim = view.dim;
+        self.sums.clear();
+        self.sums.resize(out.instances.len() * dim, 0.0);
+        for (channel, row) in view.embedding.chunks_exact(view.pixels()).enumerate() {
+            for (&label, &value) in out.labels.iter().zip(row) {
+                if label != 0 {
+                    self.sums[(usize::from(label) - 1) * dim + channel] += f64::from(value);
+                }
+            }
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+}

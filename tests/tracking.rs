@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Warm-start tracking (SPEC section 3) on synthetic sequences of moving blobs.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use common::synthetic::{Blob, Scene};
+use gstinstseg::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams};
+
+const SCENE: Scene = Scene {
+    dim: 8,
+    thresholds: 2,
+    classes: 3,
+    width: 64,
+    height: 48,
+    noise: 0.05,
+};
+
+fn params(max_age: u32, enabled: bool) -> Params {
+    Params {
+        thresholds: vec![0.5, 0.75],
+        tracking: TrackingParams {
+            enabled,
+            max_age,
+            ..TrackingParams::default()
+        },
+        ..Params::default()
+    }
+}
+
+/// A blob with a distinct embedding per `name`, centred at (x, y).
+fn blob(name: usize, x: f32, y: f32) -> Blob {
+    let mut embedding = vec![0.0; SCENE.dim];
+    embedding[name % SCENE.dim] = 3.0;
+    embedding[(name + 3) % SCENE.dim] = if name < SCENE.dim { 1.5 } else { -1.5 };
+    Blob {
+        center: (x, y),
+        radius: (6.0, 5.0),
+        embedding,
+        class_id: 1 + name % 3,
+    }
+}
+
+fn segment(segmenter: &mut Segmenter, blobs: &[Blob], frame: u64, params: &Params) -> Segmentation {
+    let (embedding, classes) = SCENE.render(blobs, frame);
+    let view = OutputView::new(
+        &embedding,
+        &classes,
+        SCENE.dim,
+        SCENE.thresholds,
+        SCENE.classes + 1,
+        SCENE.height,
+        SCENE.width,
+    )
+    .unwrap();
+    segmenter.segment(&view, params).unwrap().clone()
+}
+
+/// The track id of the instance covering the blob's centre.
+fn id_at(result: &Segmentation, blob: &Blob) -> Option<u64> {
+    let (x, y) = (
+        blob.center.0.round() as usize,
+        blob.center.1.round() as usize,
+    );
+    if x >= result.width || y >= result.height {
+        return None;
+    }
+    let region = result.labels[y * result.width + x];
+    result
+        .instances
+        .iter()
+        .find(|i| i.region == region && region != 0)
+        .map(|i| i.track_id)
+}
+
+/// Names of the scripted objects.
+const MOVER: usize = 0;
+const CROSS_RIGHT: usize = 1;
+const CROSS_LEFT: usize = 2;
+const BLINKER: usize = 3;
+const NEWCOMER: usize = 4;
+const LEAVER: usize = 5;
+const FRAMES: u64 = 24;
+/// The blinker is invisible on these frames (3 frames), then returns.
+const BLINK: std::ops::Range<u64> = 6..9;
+
+/// The scripted sequence: one object moves, two cross (partially occluding each other), one
+/// vanishes for three frames and returns, one appears at frame 5, one leaves on the left.
+fn scripted_frame(frame: u64) -> Vec<(usize, Blob)> {
+    let f = frame as f32;
+    let mut blobs = vec![
+        (MOVER, blob(MOVER, 8.0 + 2.0 * f, 8.0)),
+        (CROSS_RIGHT, blob(CROSS_RIGHT, 8.0 + 2.0 * f, 24.0)),
+        (CROSS_LEFT, blob(CROSS_LEFT, 56.0 - 2.0 * f, 30.0)),
+    ];
+    if !BLINK.contains(&frame) {
+        blobs.push((BLINKER, blob(BLINKER, 50.0 - 0.5 * f, 42.0)));
+    }
+    if frame >= 5 {
+        blobs.push((NEWCOMER, blob(NEWCOMER, 20.0, 41.0)));
+    }
+    blobs.push((LEAVER, blob(LEAVER, 12.0 - 3.0 * f, 40.0)));
+    blobs
+}
+
+struct Run {
+    /// Per frame: object name -> track id of the instance at its centre.
+    ids: Vec<HashMap<usize, u64>>,
+    results: Vec<Segmentation>,
+}
+
+fn run_scripted(segmenter: &mut Segmenter, params: &Params) -> Run {
+    let mut run = Run {
+        ids: Vec::new(),
+        results: Vec::new(),
+    };
+    for frame in 0..FRAMES {
+        let named = scripted_frame(frame);
+        let blobs: Vec<Blob> = named.iter().map(|(_, b)| b.clone()).collect();
+        let result = segment(segmenter, &blobs, frame, params);
+        let ids = named
+            .iter()
+            .filter_map(|(name, b)| id_at(&result, b).map(|id| (*name, id)))
+            .collect();
+        run.ids.push(ids);
+        run.results.push(result);
+    }
+    run
+}
+
+fn ids_of(run: &Run, name: usize) -> BTreeSet<u64> {
+    run.ids
+        .iter()
+        .filter_map(|ids| ids.get(&name).copied())
+        .collect()
+}
+
+#[test]
+fn identities_survive_motion_crossing_and_short_absence() {
+    let mut segmenter = Segmenter::new();
+    let run = run_scripted(&mut segmenter, &params(10, true));
+
+    for name in [MOVER, CROSS_RIGHT, CROSS_LEFT] {
+        let seen = run.ids.iter().filter(|ids| ids.contains_key(&name)).count();
+        assert_eq!(seen as u64, FRAMES, "object {name} found on every frame");
+        assert_eq!(ids_of(&run, name).len(), 1, "object {name} keeps one id");
+    }
+    let blinker = ids_of(&run, BLINKER);
+    assert_eq!(
+        blinker.len(),
+        1,
+        "the blinker keeps its id across its absence"
+    );
+    for frame in BLINK {
+        assert!(!run.ids[frame as usize].contains_key(&BLINKER));
+        let id = *blinker.first().unwrap();
+        assert!(
+            run.results[frame as usize]
+                .instances
+                .iter()
+                .all(|i| i.track_id != id)
+        );
+    }
+
+    // The newcomer gets an id never seen before, and keeps it.
+    let newcomer = ids_of(&run, NEWCOMER);
+    assert_eq!(newcomer.len(), 1);
+    let earlier: BTreeSet<u64> = run.results[..5]
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.track_id))
+        .collect();
+    assert!(newcomer.first().unwrap() > earlier.last().unwrap());
+
+    // Six objects, six ids, over the whole sequence: nothing spurious, nothing reused.
+    let all: BTreeSet<u64> = run
+        .results
+        .iter()
+        .flat_map(|r| r.instances.iter().map(|i| i.track_id))
+        .collect();
+    assert_eq!(all.len(), 6, "ids seen: {all:?}");
+
+    // The leaver left the grid after frame 6; its track is dropped after max-age misses.
+    assert!(run.ids.last().unwrap().get(&LEAVER).is_none());
+    assert_eq!(segmenter.track_count(), 5);
+}
+
+#[test]
+fn an_absence_longer_than_max_age_gives_a_new_id() {
+    let mut segmenter = Segmenter::new();
+    let run = run_scripted(&mut segmenter, &params(2, true));
+    assert_eq!(ids_of(&run, BLINKER).len(), 2);
+    assert_eq!(ids_of(&run, MOVER).len(), 1);
+}
+
+#[test]
+fn ages_count_frames_since_birth() {
+    let mut segmenter = Segmenter::new();
+    let run = run_scripted(&mut segmenter, &params(10, true));
+    let last = run.results.last().unwrap();
+    let mover_id = run.ids.last().unwrap()[&MOVER];
+    let newcomer_id = run.ids.last().unwrap()[&NEWCOMER];
+    let age = |id| {
+        last.instances
+            .iter()
+            .find(|i| i.track_id == id)
+            .unwrap()
+            .age
+    };
+    assert_eq!(age(mover_id), FRAMES as u32 - 1);
+    assert_eq!(age(newcomer_id), FRAMES as u32 - 6);
+}
+
+#[test]
+fn tracking_off_gives_fresh_ids_every_frame() {
+    let mut segmenter = Segmenter::new();
+    let run = run_scripted(&mut segmenter, &params(10, false));
+    let mut previous_max = 0;
+    let mut total = 0;
+    for result in &run.results {
+        assert!(!result.instances.is_empty());
+        assert!(
+            result
+                .instances
+                .iter()
+                .all(|i| i.track_id > previous_max && !i.warm_started)
+        );
+        assert_eq!(result.stats.warm_seeds, 0);
+        previous_max = result.instances.iter().map(|i| i.track_id).max().unwrap();
+        total += result.instances.len();
+    }
+    assert_eq!(previous_max as usize, total);
+    assert_eq!(segmenter.track_count(), 0);
+}
+
+#[test]
+fn reset_clears_tracks_and_never_reuses_ids() {
+    let mut segmenter = Segmenter::new();
+    let p = params(10, true);
+    let blobs: Vec<Blob> = scripted_frame(0).into_iter().map(|(_, b)| b).collect();
+    let first = segment(&mut segmenter, &blobs, 0, &p);
+    let second = segment(&mut segmenter, &blobs, 1, &p);
+    let ids = |r: &Segmentation| {
+        r.instances
+            .iter()
+            .map(|i| i.track_id)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(ids(&first), ids(&second));
+    assert!(segmenter.track_count() > 0);
+
+    segmenter.reset();
+    assert_eq!(segmenter.track_count(), 0);
+    let third = segment(&mut segmenter, &blobs, 2, &p);
+    assert_eq!(third.stats.warm_seeds, 0);
+    assert!(ids(&third).is_disjoint(&ids(&second)));
+    assert!(ids(&third).first() > ids(&second).last());
+}
+
+#[test]
+fn warm_start_replaces_greedy_search() {
+    let mut segmenter = Segmenter::new();
+    let p = params(10, true);
+    let blobs = SCENE.random_blobs(12, 7);
+    let cold = segment(&mut segmenter, &blobs, 0, &p);
+    let warm = segment(&mut segmenter, &blobs, 1, &p);
+    assert!(cold.instances.len() >= 6);
+    assert_eq!(cold.stats.warm_seeds, 0);
+    assert_eq!(warm.instances.len(), cold.instances.len());
+    assert_eq!(warm.stats.warm_seeds as usize, cold.instances.len());
+    assert!(warm.stats.greedy_seeds < cold.stats.greedy_seeds);
+    assert!(warm.stats.grid_passes <= cold.stats.grid_passes);
+    assert!(warm.instances.iter().all(|i| i.warm_started));
+}
+
+#[test]
+fn a_changed_grid_forgets_the_tracks() {
+    let mut segmenter = Segmenter::new();
+    let p = params(10, true);
+    let blobs: Vec<Blob> = scripted_frame(0).into_iter().map(|(_, b)| b).collect();
+    segment(&mut segmenter, &blobs, 0, &p);
+    let small = Scene { width: 40, ..SCENE };
+    let (embedding, classes) = small.render(&blobs, 1);
+    let view = OutputView::new(&embedding, &classes, 8, 2, 4, 48, 40).unwrap();
+    let result = segmenter.segment(&view, &p).unwrap();
+    assert_eq!(result.stats.warm_seeds, 0);
+}

@@ -1,0 +1,1 @@
+"""Training, export and evaluation toolkit for instseg models."""
