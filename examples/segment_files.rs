@@ -9,6 +9,8 @@
 //!
 //! Usage: `segment_files [--repeat N] DIR...`; with `--repeat`, each case is segmented N
 //! times and its mean and best milliseconds per frame are printed as one JSON line.
+//! `segment_files --bandwidth` prints this thread's memory read bandwidth instead: the
+//! floor of the benchmark is reading the embedding once per selected seed at that speed.
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,6 +23,10 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() -> Result<(), Error> {
     let mut args = env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--bandwidth") {
+        println!("{}", json!({ "read_gb_per_s": read_bandwidth() }));
+        return Ok(());
+    }
     let mut repeat = 0usize;
     if args.peek().map(String::as_str) == Some("--repeat") {
         args.next();
@@ -120,4 +126,22 @@ fn read_f32(path: &Path) -> Result<Vec<f32>, Error> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect())
+}
+
+/// Best of several sequential reads of a 512 MiB buffer (far larger than any cache), in GB/s.
+fn read_bandwidth() -> f64 {
+    let data: Vec<f32> = (0..128 << 20).map(|i| (i % 7) as f32).collect();
+    let mut best = f64::INFINITY;
+    let mut total = [0.0f32; 16];
+    for _ in 0..5 {
+        let start = Instant::now();
+        for chunk in data.chunks_exact(16) {
+            for (acc, value) in total.iter_mut().zip(chunk) {
+                *acc += value;
+            }
+        }
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(total);
+    (data.len() * 4) as f64 / best / 1e9
 }

@@ -22,6 +22,7 @@
 //! assert_eq!(result.labels, [1, 1, 2, 2]);
 //! ```
 
+mod pass;
 mod select;
 mod track;
 
@@ -309,5 +310,95 @@ fn distance_limit(tau: f64) -> f32 {
         rounded.next_down()
     } else {
         rounded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance_limit_is_the_sigma_threshold() {
+        for tau in [0.05, 0.25, 0.5, 0.75, 0.9, 1.0] {
+            let limit = distance_limit(tau);
+            let sigma = |d: f32| 2.0 / (1.0 + f64::from(d).exp());
+            assert!(sigma(limit) >= tau - 1e-12, "tau {tau}");
+            assert!(sigma(limit.next_up()) < tau + 1e-6, "tau {tau}");
+        }
+        assert_eq!(distance_limit(1.0), 0.0);
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let data = [0.0; 8];
+        assert!(OutputView::new(&data, &data, 2, 1, 2, 2, 2).is_ok());
+        let err = OutputView::new(&data[..7], &data, 2, 1, 2, 2, 2).unwrap_err();
+        assert!(
+            err.to_string().contains("embedding holds 7 values"),
+            "{err}"
+        );
+        let err = OutputView::new(&data, &data, 2, 2, 2, 2, 2).unwrap_err();
+        assert!(err.to_string().contains("classes holds 8 values"), "{err}");
+        assert!(OutputView::new(&data, &data, 8, 1, 1, 1, 1).is_err());
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        let data = [0.5; 8];
+        let view = OutputView::new(&data, &data, 2, 1, 2, 2, 2).unwrap();
+        let mut segmenter = Segmenter::new();
+        let bad = [
+            Params::default(),
+            Params {
+                thresholds: vec![1.5],
+                ..Params::default()
+            },
+            Params {
+                thresholds: vec![0.5],
+                max_instances: 0,
+                ..Params::default()
+            },
+            Params {
+                thresholds: vec![0.5],
+                alpha: -1.0,
+                ..Params::default()
+            },
+            Params {
+                thresholds: vec![0.5],
+                tracking: TrackingParams {
+                    match_similarity: 0.0,
+                    ..TrackingParams::default()
+                },
+                ..Params::default()
+            },
+        ];
+        for params in bad {
+            assert!(segmenter.segment(&view, &params).is_err(), "{params:?}");
+        }
+        let good = Params {
+            thresholds: vec![0.5],
+            min_area: 1,
+            ..Params::default()
+        };
+        let result = segmenter.segment(&view, &good).unwrap();
+        assert_eq!(result.instances.len(), 1);
+        assert_eq!(result.labels, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_seed_is_never_selected_twice_even_on_inconsistent_data() {
+        // Every pixel is a candidate with the same embedding but tau = 1 keeps only d = 0,
+        // and min-area rejects every mask: selection must still terminate.
+        let embedding = [1.0, 1.0, 1.0, 1.0];
+        let classes = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let view = OutputView::new(&embedding, &classes, 1, 1, 2, 2, 2).unwrap();
+        let params = Params {
+            thresholds: vec![1.0],
+            min_area: 5,
+            ..Params::default()
+        };
+        let result = Segmenter::new().segment(&view, &params).unwrap().clone();
+        assert!(result.instances.is_empty());
+        assert_eq!(result.stats.rejected_seeds, 1);
     }
 }

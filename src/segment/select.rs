@@ -2,33 +2,15 @@
 //! Seed selection, masks and exclusive assignment (SPEC section 2), with the warm-start
 //! search of section 3.
 
+use super::pass::{PixelState, Seed, fused_pass, load_frame, pixel_distance, reset};
 use super::track::Tracker;
 use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, distance_limit};
-
-/// Pixels per tile of the fused pass: the distances of one tile stay in registers / L1
-/// while the D channel rows stream through, so the grid is read once per seed.
-const TILE: usize = 128;
 
 /// Per-frame buffers, sized h x w and reused from frame to frame.
 #[derive(Debug, Default)]
 pub(super) struct Workspace {
-    /// Finite embedding and class values: only such pixels can be seeds or mask members.
-    valid: Vec<bool>,
-    /// Still a seed candidate: valid, seediness >= seed-threshold, not yet covered by a mask.
-    candidate: Vec<bool>,
-    /// S_p, the seediness.
-    seediness: Vec<f32>,
-    /// ln S_p (only read for candidates).
-    ln_seediness: Vec<f64>,
-    /// D(p): squared distance to the nearest selected seed.
-    nearest_seed: Vec<f32>,
-    /// ln D(p), refreshed only when D(p) shrinks.
-    ln_nearest_seed: Vec<f64>,
-    /// Distance to the seed of the instance that currently owns the pixel in the label map.
-    owner_distance: Vec<f32>,
-    /// Ownership taken by the current seed: (pixel, previous label, previous owner distance),
-    /// replayed backwards when its instance turns out smaller than min-area.
-    undo: Vec<(u32, u8, f32)>,
+    /// Per-pixel state shared by the passes.
+    pixels: PixelState,
     /// The current seed's embedding, gathered from the planar tensor.
     seed_embedding: Vec<f32>,
     /// Tracks in warm-start order.
@@ -84,41 +66,8 @@ impl Workspace {
 
     /// Computes validity, seediness and the initial candidates; clears the outputs.
     fn prepare(&mut self, view: &OutputView, params: &Params, out: &mut Segmentation) {
-        let pixels = view.pixels();
-        self.valid.clear();
-        self.valid.resize(pixels, true);
-        self.seediness.clear();
-        self.seediness.resize(pixels, f32::NEG_INFINITY);
-        for row in view.embedding.chunks_exact(pixels) {
-            for (valid, value) in self.valid.iter_mut().zip(row) {
-                *valid &= value.is_finite();
-            }
-        }
-        for (index, row) in view.classes.chunks_exact(pixels).enumerate() {
-            let is_background = index % view.num_classes == 0;
-            for ((valid, seediness), &prob) in
-                self.valid.iter_mut().zip(&mut self.seediness).zip(row)
-            {
-                *valid &= prob.is_finite();
-                if !is_background && prob > *seediness {
-                    *seediness = prob;
-                }
-            }
-        }
-
-        self.candidate.clear();
-        self.ln_seediness.clear();
-        for (&valid, &seediness) in self.valid.iter().zip(&self.seediness) {
-            let seediness = f64::from(seediness);
-            self.candidate
-                .push(valid && seediness >= params.seed_threshold);
-            self.ln_seediness.push(seediness.ln());
-        }
-
-        reset(&mut self.nearest_seed, pixels, f32::INFINITY);
-        reset(&mut self.ln_nearest_seed, pixels, f64::INFINITY);
-        reset(&mut self.owner_distance, pixels, f32::INFINITY);
-        reset(&mut out.labels, pixels, 0);
+        load_frame(&mut self.pixels, view, params.seed_threshold);
+        reset(&mut out.labels, view.pixels(), 0);
         self.instance_tracks.clear();
         out.instances.clear();
         out.width = view.width;
@@ -130,8 +79,12 @@ impl Workspace {
     fn strongest_candidate(&self) -> Option<usize> {
         let mut best = None;
         let mut best_seediness = f32::NEG_INFINITY;
-        for (pixel, (&candidate, &seediness)) in
-            self.candidate.iter().zip(&self.seediness).enumerate()
+        for (pixel, (&candidate, &seediness)) in self
+            .pixels
+            .candidate
+            .iter()
+            .zip(&self.pixels.scoring.seediness)
+            .enumerate()
         {
             if candidate && (best.is_none() || seediness > best_seediness) {
                 best = Some(pixel);
@@ -159,15 +112,12 @@ impl Workspace {
         for y in window.y..window.y + window.height {
             for x in window.x..window.x + window.width {
                 let pixel = y as usize * view.width + x as usize;
-                if !self.candidate[pixel] {
+                if !self.pixels.candidate[pixel] {
                     continue;
                 }
-                let mut distance = 0.0f32;
-                for (channel, &value) in embedding.iter().enumerate() {
-                    let diff = view.embedding[channel * pixels + pixel] - value;
-                    distance += diff * diff;
-                }
-                let score = self.ln_seediness[pixel] + ln_similarity(distance);
+                let distance = pixel_distance(view.embedding, pixels, pixel, embedding);
+                let score =
+                    f64::from(self.pixels.scoring.seediness[pixel]).ln() + ln_similarity(distance);
                 if score > best_score {
                     best = Some(pixel);
                     best_score = score;
@@ -197,60 +147,21 @@ impl Workspace {
         self.seed_embedding
             .extend(view.embedding.iter().skip(seed).step_by(pixels));
         let region = out.instances.len() as u8 + 1;
-        let alpha = params.alpha;
-        self.undo.clear();
-
-        let mut area = 0u32;
-        let mut next = None;
-        let mut next_score = f64::NEG_INFINITY;
-        let mut tile = [0.0f32; TILE];
-        for start in (0..pixels).step_by(TILE) {
-            let len = TILE.min(pixels - start);
-            let distances = &mut tile[..len];
-            squared_distances(
-                view.embedding,
-                pixels,
-                start,
-                &self.seed_embedding,
-                distances,
-            );
-            for (offset, &distance) in distances.iter().enumerate() {
-                let pixel = start + offset;
-                if !self.valid[pixel] {
-                    continue;
-                }
-                if distance < self.nearest_seed[pixel] {
-                    self.nearest_seed[pixel] = distance;
-                    self.ln_nearest_seed[pixel] = f64::from(distance).ln();
-                }
-                if distance <= limit {
-                    area += 1;
-                    self.candidate[pixel] = false;
-                    if distance < self.owner_distance[pixel] {
-                        self.undo.push((
-                            pixel as u32,
-                            out.labels[pixel],
-                            self.owner_distance[pixel],
-                        ));
-                        out.labels[pixel] = region;
-                        self.owner_distance[pixel] = distance;
-                    }
-                } else if self.candidate[pixel] {
-                    let score = if self.nearest_seed[pixel] > 0.0 {
-                        self.ln_seediness[pixel] + alpha * self.ln_nearest_seed[pixel]
-                    } else {
-                        f64::NEG_INFINITY
-                    };
-                    if score > next_score {
-                        next_score = score;
-                        next = Some(pixel);
-                    }
-                }
-            }
-        }
+        let pass = fused_pass(
+            &Seed {
+                embedding: &self.seed_embedding,
+                limit,
+                region,
+            },
+            params.alpha,
+            &mut self.pixels,
+            &mut out.labels,
+        );
         out.stats.grid_passes += 1;
+        // The seed is inside its own mask (d = 0); never let it be selected twice.
+        self.pixels.candidate[seed] = false;
 
-        if area >= params.min_area {
+        if pass.area >= params.min_area {
             out.instances.push(Instance {
                 region,
                 track_id: 0,
@@ -269,32 +180,12 @@ impl Workspace {
             self.instance_tracks.push(track);
         } else {
             out.stats.rejected_seeds += 1;
-            for &(pixel, label, distance) in self.undo.iter().rev() {
+            for &(pixel, label, distance) in &self.pixels.undo {
                 out.labels[pixel as usize] = label;
-                self.owner_distance[pixel as usize] = distance;
+                self.pixels.owner_distance[pixel as usize] = distance;
             }
         }
-        next
-    }
-}
-
-/// `out[i] = ||e_{start+i} - seed||^2`, summed over channels in order 0..D so that the result
-/// is bit-identical to the NumPy reference; vectorised across pixels.
-#[inline]
-fn squared_distances(
-    embedding: &[f32],
-    pixels: usize,
-    start: usize,
-    seed: &[f32],
-    out: &mut [f32],
-) {
-    out.fill(0.0);
-    for (channel, &center) in seed.iter().enumerate() {
-        let row = &embedding[channel * pixels + start..][..out.len()];
-        for (acc, &value) in out.iter_mut().zip(row) {
-            let diff = value - center;
-            *acc += diff * diff;
-        }
+        pass.next
     }
 }
 
@@ -324,40 +215,44 @@ fn ln_similarity(distance: f32) -> f64 {
     std::f64::consts::LN_2 - softplus
 }
 
-/// Areas and bounding boxes of the exclusive masks, read off the label map.
+/// Areas and bounding boxes of the exclusive masks, read off the label map in one pass.
 fn measure_regions(out: &mut Segmentation) {
-    let width = out.width.max(1);
-    let mut bounds = [(u32::MAX, u32::MAX, 0u32, 0u32); 256];
-    for (index, &label) in out.labels.iter().enumerate() {
-        if label == 0 {
-            continue;
+    #[derive(Clone, Copy)]
+    struct Extent {
+        x0: u32,
+        y0: u32,
+        x1: u32,
+        y1: u32,
+        area: u32,
+    }
+    let mut extents = [Extent {
+        x0: u32::MAX,
+        y0: u32::MAX,
+        x1: 0,
+        y1: 0,
+        area: 0,
+    }; 256];
+    for (y, line) in out.labels.chunks_exact(out.width).enumerate() {
+        for (x, &label) in line.iter().enumerate() {
+            if label != 0 {
+                let (x, y) = (x as u32, y as u32);
+                let e = &mut extents[usize::from(label)];
+                e.x0 = e.x0.min(x);
+                e.y0 = e.y0.min(y);
+                e.x1 = e.x1.max(x);
+                e.y1 = e.y1.max(y);
+                e.area += 1;
+            }
         }
-        let (x, y) = ((index % width) as u32, (index / width) as u32);
-        let b = &mut bounds[usize::from(label)];
-        b.0 = b.0.min(x);
-        b.1 = b.1.min(y);
-        b.2 = b.2.max(x);
-        b.3 = b.3.max(y);
     }
     for instance in &mut out.instances {
-        let (x0, y0, x1, y1) = bounds[usize::from(instance.region)];
+        let e = extents[usize::from(instance.region)];
+        instance.area = e.area;
         instance.bbox = GridRect {
-            x: x0,
-            y: y0,
-            width: x1 + 1 - x0,
-            height: y1 + 1 - y0,
+            x: e.x0,
+            y: e.y0,
+            width: e.x1 + 1 - e.x0,
+            height: e.y1 + 1 - e.y0,
         };
     }
-    let mut areas = [0u32; 256];
-    for &label in &out.labels {
-        areas[usize::from(label)] += 1;
-    }
-    for instance in &mut out.instances {
-        instance.area = areas[usize::from(instance.region)];
-    }
-}
-
-fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
-    buffer.clear();
-    buffer.resize(len, value);
 }
