@@ -69,6 +69,15 @@ impl Scoring {
         }
     }
 
+    /// ln S_p, computed once per frame and pixel, on first need.
+    #[inline(always)]
+    pub fn ln_seediness(&mut self, pixel: usize) -> f64 {
+        if self.ln_seediness[pixel].is_nan() {
+            self.ln_seediness[pixel] = f64::from(self.seediness[pixel]).ln();
+        }
+        self.ln_seediness[pixel]
+    }
+
     /// Makes candidate `pixel` the best so far if its score beats `best` (scanning in
     /// row-major order, so ties stay with the lower index).
     #[inline(always)]
@@ -77,11 +86,8 @@ impl Scoring {
             if self.score[pixel] < best.0 {
                 return;
             }
-            if self.ln_seediness[pixel].is_nan() {
-                self.ln_seediness[pixel] = f64::from(self.seediness[pixel]).ln();
-            }
-            self.score[pixel] =
-                greedy_score(self.ln_seediness[pixel], self.nearest_seed[pixel], alpha);
+            let ln_seediness = self.ln_seediness(pixel);
+            self.score[pixel] = greedy_score(ln_seediness, self.nearest_seed[pixel], alpha);
             self.score_is_exact[pixel] = true;
         }
         if self.score[pixel] > best.0 {
@@ -284,7 +290,7 @@ fn score_upper_bound(seediness: f32, nearest: f32, alpha: f64) -> f64 {
 /// (the cubic bounds ln(1 + t) from above for every t > -1); plus a margin for rounding.
 /// Non-finite, zero and subnormal inputs give +inf: no bound, compute exactly.
 #[inline(always)]
-fn ln_upper_bound(x: f32) -> f64 {
+pub(super) fn ln_upper_bound(x: f32) -> f64 {
     if !x.is_normal() {
         return if x > 0.0 {
             f64::INFINITY
@@ -370,20 +376,19 @@ fn block_distances_avx2(channels: &[f32], seed: &[f32], out: &mut [f32; BLOCK]) 
     }
 }
 
-/// Squared distance of one pixel of the planar embedding to `center`, with the same
-/// arithmetic as the passes.
-pub(super) fn pixel_distance(
-    embedding: &[f32],
-    pixels: usize,
-    pixel: usize,
-    center: &[f32],
-) -> f32 {
-    let mut distance = 0.0f32;
-    for (&value, &center) in embedding[pixel..].iter().step_by(pixels).zip(center) {
-        let diff = value - center;
-        distance += diff * diff;
+impl PixelState {
+    /// Squared distance of one pixel to `center`, read from the blocked layout (whose lines
+    /// neighbouring pixels share), with the same arithmetic as the passes.
+    pub fn pixel_distance(&self, pixel: usize, center: &[f32]) -> f32 {
+        let dim = center.len();
+        let block = &self.blocked[pixel / BLOCK * dim * BLOCK..][..dim * BLOCK];
+        let mut distance = 0.0f32;
+        for (row, &center) in block.chunks_exact(BLOCK).zip(center) {
+            let diff = row[pixel % BLOCK] - center;
+            distance += diff * diff;
+        }
+        distance
     }
-    distance
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! Seed selection, masks and exclusive assignment (SPEC section 2), with the warm-start
 //! search of section 3.
 
-use super::pass::{PixelState, Seed, fused_pass, load_frame, pixel_distance, reset};
+use super::pass::{PixelState, Seed, fused_pass, ln_upper_bound, load_frame, reset};
 use super::track::Tracker;
 use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, distance_limit};
 
@@ -97,7 +97,7 @@ impl Workspace {
     /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track),
     /// if its similarity to the track reaches match-similarity.
     fn warm_seed(
-        &self,
+        &mut self,
         view: &OutputView,
         params: &Params,
         tracker: &Tracker,
@@ -105,7 +105,6 @@ impl Workspace {
     ) -> Option<usize> {
         let window = tracker.search_window(track, &params.tracking, view.width, view.height)?;
         let embedding = tracker.embedding(track);
-        let pixels = view.pixels();
         let mut best = None;
         let mut best_score = f64::NEG_INFINITY;
         let mut best_distance = f32::INFINITY;
@@ -115,9 +114,14 @@ impl Workspace {
                 if !self.pixels.candidate[pixel] {
                     continue;
                 }
-                let distance = pixel_distance(view.embedding, pixels, pixel, embedding);
-                let score =
-                    f64::from(self.pixels.scoring.seediness[pixel]).ln() + ln_similarity(distance);
+                let distance = self.pixels.pixel_distance(pixel, embedding);
+                // ln sigma(d) <= -d / 2 (softplus lies above its tangent at 0): skip the
+                // logarithms when even that cannot beat the best so far.
+                let seediness = self.pixels.scoring.seediness[pixel];
+                if ln_upper_bound(seediness) - f64::from(distance) / 2.0 < best_score {
+                    continue;
+                }
+                let score = self.pixels.scoring.ln_seediness(pixel) + ln_similarity(distance);
                 if score > best_score {
                     best = Some(pixel);
                     best_score = score;

@@ -216,14 +216,28 @@ impl Tracker {
 
     /// Sums each kept instance's embedding over its exclusive mask (one pass over the tensor).
     fn accumulate_embeddings(&mut self, view: &OutputView, out: &Segmentation) {
+        /// Independent partial sums, so that runs of one label do not serialise on one sum.
+        const WAYS: usize = 4;
         let dim = view.dim;
         self.sums.clear();
         self.sums.resize(out.instances.len() * dim, 0.0);
+        let mut partial = [[0.0f64; 256]; WAYS];
         for (channel, row) in view.embedding.chunks_exact(view.pixels()).enumerate() {
-            for (&label, &value) in out.labels.iter().zip(row) {
-                if label != 0 {
-                    self.sums[(usize::from(label) - 1) * dim + channel] += f64::from(value);
+            for ways in &mut partial {
+                ways.fill(0.0);
+            }
+            let mut labels = out.labels.chunks_exact(WAYS);
+            let mut values = row.chunks_exact(WAYS);
+            for (labels, values) in (&mut labels).zip(&mut values) {
+                for ((sums, &label), &value) in partial.iter_mut().zip(labels).zip(values) {
+                    sums[usize::from(label)] += f64::from(value);
                 }
+            }
+            for (&label, &value) in labels.remainder().iter().zip(values.remainder()) {
+                partial[0][usize::from(label)] += f64::from(value);
+            }
+            for region in 1..=out.instances.len() {
+                self.sums[(region - 1) * dim + channel] = partial.iter().map(|p| p[region]).sum();
             }
         }
     }
