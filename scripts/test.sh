@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-export PATH="$PWD/.venv/bin:$PATH"
+# The element finds ONNX Runtime in the active virtualenv (SPEC section 4).
+. .venv/bin/activate
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+cargo build --locked --all-targets
 cargo test --locked
 python -m pytest -q tests/python training/tests

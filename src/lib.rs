@@ -3,15 +3,25 @@
 
 //! GStreamer instance segmentation with deep metric learning (Fathi et al. 2017).
 //!
-//! The post-processing and tracking of the method live in [`segment`], a plain Rust module
-//! with no GStreamer types; the element wires model inference and metadata around it.
+//! The element `instseg` runs an ONNX model ([`model`]) on each frame after converting it
+//! ([`preprocess`]), segments instances with the method's post-processing and tracking
+//! ([`segment`], free of GStreamer), and attaches the results as metadata ([`meta`]) and,
+//! on request, JSON Lines ([`results`]).
 
 use gst::glib;
 
+mod instseg;
+pub mod meta;
+pub mod model;
+pub mod preprocess;
+pub mod results;
 pub mod segment;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    Ok(())
+pub use instseg::ExecutionProvider;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    meta::register();
+    instseg::register(plugin)
 }
 
 gst::plugin_define!(

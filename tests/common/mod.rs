@@ -1,1 +1,2 @@
+pub mod element;
 pub mod synthetic;

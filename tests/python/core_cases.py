@@ -39,14 +39,18 @@ def read_result(directory: Path, height: int, width: int):
     return result["instances"], labels
 
 
-def segment_files_binary(profile: str = "debug") -> Path:
-    """Builds the example once (cargo is a no-op when it is fresh) and returns its path."""
-    args = ["cargo", "build", "--quiet", "--example", "segment_files"]
+def example_binary(name: str, profile: str = "debug") -> Path:
+    """Builds a Rust example (cargo is a no-op when it is fresh) and returns its path."""
+    args = ["cargo", "build", "--quiet", "--example", name]
     if profile == "release":
         args.append("--release")
     subprocess.run(args, cwd=REPO, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return target / profile / "examples" / "segment_files"
+    return target / profile / "examples" / name
+
+
+def segment_files_binary(profile: str = "debug") -> Path:
+    return example_binary("segment_files", profile)
 
 
 def run_rust(directories, repeat: int = 0, profile: str = "debug") -> list[dict]:

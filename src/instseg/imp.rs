@@ -1,0 +1,905 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use super::ExecutionProvider;
+use crate::meta;
+use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
+use crate::preprocess::{
+    Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
+    YuvMatrix,
+};
+use crate::results::{self, FrameRecord, InstanceRecord, MaskGeometry};
+use crate::segment::{OutputView, Params, Segmenter, TrackingParams};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "instseg",
+        gst::DebugColorFlags::empty(),
+        Some("Instance segmentation (deep metric learning)"),
+    )
+});
+
+/// The model shipped inside the plugin, used when `model-location` is empty.
+static EMBEDDED_MODEL: &[u8] = include_bytes!("../../models/default.onnx");
+
+const DEFAULT_MODEL_LOCATION: &str = "";
+const DEFAULT_EXECUTION_PROVIDER: ExecutionProvider = ExecutionProvider::Auto;
+const DEFAULT_DEVICE_ID: i32 = 0;
+const DEFAULT_THREADS: u32 = 0;
+/// Negative: take the model's recommendation (`instseg.seed-threshold`), else 0.5.
+const DEFAULT_SEED_THRESHOLD: f64 = -1.0;
+const FALLBACK_SEED_THRESHOLD: f64 = 0.5;
+/// Negative: take the model's recommendation (`instseg.alpha`), else 0.3.
+const DEFAULT_ALPHA: f64 = -1.0;
+const FALLBACK_ALPHA: f64 = 0.3;
+const DEFAULT_MAX_INSTANCES: u32 = 32;
+/// Negative: take the model's recommendation (`instseg.min-area`), else 4.
+const DEFAULT_MIN_AREA: i32 = -1;
+const FALLBACK_MIN_AREA: u32 = 4;
+const DEFAULT_TRACKING: bool = true;
+const DEFAULT_TRACK_MAX_AGE: u32 = 10;
+const DEFAULT_MATCH_SIMILARITY: f64 = 0.5;
+/// Negative: max(4, the track's bounding-box diagonal).
+const DEFAULT_SEARCH_RADIUS: i32 = -1;
+const DEFAULT_RESULTS_LOCATION: &str = "";
+const DEFAULT_POST_MESSAGES: bool = false;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    model_location: String,
+    execution_provider: ExecutionProvider,
+    device_id: i32,
+    threads: u32,
+    seed_threshold: f64,
+    alpha: f64,
+    max_instances: u32,
+    min_area: i32,
+    tracking: bool,
+    track_max_age: u32,
+    match_similarity: f64,
+    search_radius: i32,
+    results_location: String,
+    post_messages: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model_location: DEFAULT_MODEL_LOCATION.into(),
+            execution_provider: DEFAULT_EXECUTION_PROVIDER,
+            device_id: DEFAULT_DEVICE_ID,
+            threads: DEFAULT_THREADS,
+            seed_threshold: DEFAULT_SEED_THRESHOLD,
+            alpha: DEFAULT_ALPHA,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            min_area: DEFAULT_MIN_AREA,
+            tracking: DEFAULT_TRACKING,
+            track_max_age: DEFAULT_TRACK_MAX_AGE,
+            match_similarity: DEFAULT_MATCH_SIMILARITY,
+            search_radius: DEFAULT_SEARCH_RADIUS,
+            results_location: DEFAULT_RESULTS_LOCATION.into(),
+            post_messages: DEFAULT_POST_MESSAGES,
+        }
+    }
+}
+
+impl Settings {
+    /// The post-processing parameters: properties first, then the model's recommendations.
+    fn update_params(&self, contract: &Contract, params: &mut Params) {
+        params.seed_threshold = if self.seed_threshold >= 0.0 {
+            self.seed_threshold
+        } else {
+            contract.seed_threshold.unwrap_or(FALLBACK_SEED_THRESHOLD)
+        };
+        params.alpha = if self.alpha >= 0.0 {
+            self.alpha
+        } else {
+            contract.alpha.unwrap_or(FALLBACK_ALPHA)
+        };
+        params.max_instances = self.max_instances.clamp(1, 255) as u8;
+        params.min_area = u32::try_from(self.min_area)
+            .unwrap_or_else(|_| contract.min_area.unwrap_or(FALLBACK_MIN_AREA));
+        params.tracking = TrackingParams {
+            enabled: self.tracking,
+            max_age: self.track_max_age,
+            match_similarity: self.match_similarity,
+            search_radius: u32::try_from(self.search_radius).ok(),
+        };
+    }
+
+    fn model_source(&self) -> ModelSource {
+        if self.model_location.is_empty() {
+            ModelSource::Embedded {
+                name: "default",
+                bytes: EMBEDDED_MODEL,
+            }
+        } else {
+            ModelSource::File(PathBuf::from(&self.model_location))
+        }
+    }
+
+    fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            provider: match self.execution_provider {
+                ExecutionProvider::Auto => model::ExecutionProvider::Auto,
+                ExecutionProvider::Cpu => model::ExecutionProvider::Cpu,
+                ExecutionProvider::Cuda => model::ExecutionProvider::Cuda,
+                ExecutionProvider::TensorRt => model::ExecutionProvider::TensorRt,
+            },
+            device_id: self.device_id,
+            threads: self.threads,
+        }
+    }
+}
+
+/// Mean time per frame of each stage, for the `stats` property.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    frames: u64,
+    preprocess_ns: u64,
+    inference_ns: u64,
+    postprocess_ns: u64,
+    metadata_ns: u64,
+}
+
+impl Stats {
+    fn to_structure(self) -> gst::Structure {
+        let mean_ms = |total: u64| {
+            if self.frames == 0 {
+                0.0
+            } else {
+                total as f64 / self.frames as f64 / 1e6
+            }
+        };
+        gst::Structure::builder("instseg-stats")
+            .field("frames", self.frames)
+            .field("preprocess-ms", mean_ms(self.preprocess_ns))
+            .field("inference-ms", mean_ms(self.inference_ns))
+            .field("postprocess-ms", mean_ms(self.postprocess_ns))
+            .field("metadata-ms", mean_ms(self.metadata_ns))
+            .build()
+    }
+}
+
+/// Where the model input and the label map sit on the negotiated frames.
+struct Geometry {
+    info: gst_video::VideoInfo,
+    format: PixelFormat,
+    colorimetry: Colorimetry,
+    placement: Placement,
+    /// The grid cells inside the placement (letterbox padding excluded): x, y, width, height.
+    crop: (usize, usize, usize, usize),
+    mask: MaskGeometry,
+}
+
+/// Everything built in `start` (model, buffers, tracks) and `set_caps` (geometry).
+struct State {
+    model: Arc<Model>,
+    params: Params,
+    normalization: Normalization,
+    preprocessor: Preprocessor,
+    input: Vec<f32>,
+    outputs: ModelOutputs,
+    segmenter: Segmenter,
+    geometry: Option<Geometry>,
+    results: Option<(PathBuf, BufWriter<File>)>,
+    frame_index: u64,
+    rle_scratch: Vec<u32>,
+}
+
+#[derive(Default)]
+pub struct InstSeg {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+    active_provider: Mutex<Option<String>>,
+}
+
+impl InstSeg {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, Option<State>> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_settings(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Segments one frame and attaches the results; returns the time spent per stage.
+    fn process(
+        &self,
+        state: &mut State,
+        buf: &mut gst::BufferRef,
+    ) -> Result<[u64; 4], gst::FlowError> {
+        let State {
+            model,
+            params,
+            normalization,
+            preprocessor,
+            input,
+            outputs,
+            segmenter,
+            geometry,
+            results,
+            frame_index,
+            rle_scratch,
+        } = state;
+        let geometry = geometry.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
+        let contract = model.contract();
+        let started = Instant::now();
+
+        {
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &geometry.info)
+                .map_err(|_| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        ["Failed to map the video frame"]
+                    );
+                    gst::FlowError::Error
+                })?;
+            let mut planes: [&[u8]; 3] = [&[]; 3];
+            let mut strides = [0usize; 3];
+            for plane in 0..frame.n_planes() as usize {
+                planes[plane] = frame
+                    .plane_data(plane as u32)
+                    .map_err(|_| gst::FlowError::Error)?;
+                strides[plane] = frame.plane_stride()[plane] as usize;
+            }
+            let frame = FrameRef {
+                format: geometry.format,
+                width: geometry.info.width() as usize,
+                height: geometry.info.height() as usize,
+                planes,
+                strides,
+                colorimetry: geometry.colorimetry,
+            };
+            preprocessor
+                .run(
+                    &frame,
+                    contract.input_width as usize,
+                    contract.input_height as usize,
+                    geometry.placement,
+                    normalization,
+                    input,
+                )
+                .map_err(|err| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ["Cannot read the frame: {err}"]
+                    );
+                    gst::FlowError::Error
+                })?;
+        }
+        let preprocessed = Instant::now();
+
+        model.run(input, outputs).map_err(|err| {
+            gst::element_imp_error!(self, gst::LibraryError::Failed, ["Inference failed: {err}"]);
+            gst::FlowError::Error
+        })?;
+        let inferred = Instant::now();
+
+        let segmentation = OutputView::new(
+            &outputs.embedding,
+            &outputs.classes,
+            contract.embedding_dim,
+            contract.thresholds.len(),
+            contract.labels.len() + 1,
+            contract.grid_height as usize,
+            contract.grid_width as usize,
+        )
+        .and_then(|view| segmenter.segment(&view, params))
+        .map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Decode,
+                ["Model output rejected: {err}"]
+            );
+            gst::FlowError::Error
+        })?;
+        let postprocessed = Instant::now();
+
+        let (crop_x, crop_y, crop_width, crop_height) = geometry.crop;
+        let mut labels = Vec::with_capacity(crop_width * crop_height);
+        for row in segmentation.labels[crop_y * segmentation.width..]
+            .chunks_exact(segmentation.width)
+            .take(crop_height)
+        {
+            labels.extend_from_slice(&row[crop_x..crop_x + crop_width]);
+        }
+        let mut areas = [0u32; 256];
+        for &label in &labels {
+            areas[usize::from(label)] += 1;
+        }
+
+        let mask = &geometry.mask;
+        let mut instances = Vec::with_capacity(segmentation.instances.len());
+        let mut records = Vec::with_capacity(segmentation.instances.len());
+        for instance in &segmentation.instances {
+            let label = contract
+                .labels
+                .get(instance.class_id as usize - 1)
+                .map_or("", String::as_str);
+            // The grid box, clipped to the cropped label map, in frame pixels.
+            let clip = |start: u32, len: u32, offset: usize, size: usize| {
+                let first = (start as usize).clamp(offset, offset + size) - offset;
+                let last = ((start + len) as usize).clamp(offset, offset + size) - offset;
+                (first as u32, last as u32)
+            };
+            let (gx0, gx1) = clip(instance.bbox.x, instance.bbox.width, crop_x, crop_width);
+            let (gy0, gy1) = clip(instance.bbox.y, instance.bbox.height, crop_y, crop_height);
+            let (x0, x1) = mask.column_span(gx0, gx1);
+            let (y0, y1) = mask.row_span(gy0, gy1);
+            let seed_x = (instance.seed.x as usize).clamp(crop_x, crop_x + crop_width - 1) - crop_x;
+            let seed_y =
+                (instance.seed.y as usize).clamp(crop_y, crop_y + crop_height - 1) - crop_y;
+            let (seed_x, seed_y) = mask.cell_center(seed_x as u32, seed_y as u32);
+            let bbox = [x0, y0, x1 - x0, y1 - y0];
+
+            instances.push(
+                gst::Structure::builder("instance")
+                    .field("region", u32::from(instance.region))
+                    .field("track-id", instance.track_id)
+                    .field("class-id", instance.class_id)
+                    .field("label", label)
+                    .field("confidence", f64::from(instance.confidence))
+                    .field("threshold", instance.threshold)
+                    .field("x", bbox[0])
+                    .field("y", bbox[1])
+                    .field("width", bbox[2])
+                    .field("height", bbox[3])
+                    .field("seed-x", seed_x)
+                    .field("seed-y", seed_y)
+                    .field("area", areas[usize::from(instance.region)])
+                    .field("age", instance.age)
+                    .build(),
+            );
+            let mut roi = gst_video::VideoRegionOfInterestMeta::add(
+                buf,
+                label,
+                (bbox[0], bbox[1], bbox[2], bbox[3]),
+            );
+            roi.add_param(
+                gst::Structure::builder("instance")
+                    .field("region", u32::from(instance.region))
+                    .field("track-id", instance.track_id)
+                    .field("class-id", instance.class_id)
+                    .field("confidence", f64::from(instance.confidence))
+                    .build(),
+            );
+            records.push(InstanceRecord {
+                region: instance.region,
+                track_id: instance.track_id,
+                class_id: instance.class_id,
+                label,
+                score: f64::from(instance.confidence),
+                bbox,
+                seed: [seed_x, seed_y],
+            });
+        }
+
+        if let Some((path, file)) = results {
+            let record = FrameRecord {
+                frame: *frame_index,
+                pts: buf.pts().map(gst::ClockTime::nseconds),
+                width: mask.frame_width,
+                height: mask.frame_height,
+                instances: &records,
+            };
+            if let Err(err) = results::write_frame(file, &record, &labels, mask, rle_scratch) {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Write,
+                    ["Cannot write results to {}: {err}", path.display()]
+                );
+                return Err(gst::FlowError::Error);
+            }
+        }
+        *frame_index += 1;
+
+        let structure = gst::Structure::builder(meta::STRUCTURE_NAME)
+            .field("mask", gst::Buffer::from_mut_slice(labels))
+            .field("mask-width", crop_width as u32)
+            .field("mask-height", crop_height as u32)
+            .field("mask-x", mask.rect_x as i32)
+            .field("mask-y", mask.rect_y as i32)
+            .field("mask-w", mask.rect_width as i32)
+            .field("mask-h", mask.rect_height as i32)
+            .field("instances", gst::Array::new(instances))
+            .build();
+        meta::attach(buf, &structure).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Failed,
+                ["Cannot attach {}: {err}", meta::META_NAME]
+            );
+            gst::FlowError::Error
+        })?;
+        if self.lock_settings().post_messages {
+            let mut message = structure;
+            message.set("timestamp", buf.pts());
+            let _ = self.obj().post_message(
+                gst::message::Element::builder(message)
+                    .src(&*self.obj())
+                    .build(),
+            );
+        }
+        let done = Instant::now();
+
+        let nanos = |from: Instant, to: Instant| to.duration_since(from).as_nanos() as u64;
+        Ok([
+            nanos(started, preprocessed),
+            nanos(preprocessed, inferred),
+            nanos(inferred, postprocessed),
+            nanos(postprocessed, done),
+        ])
+    }
+
+    /// Flushes the results file (at EOS and stop).
+    fn flush_results(&self, state: &mut State) {
+        if let Some((path, file)) = &mut state.results
+            && let Err(err) = file.flush()
+        {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Write,
+                ["Cannot write results to {}: {err}", path.display()]
+            );
+        }
+    }
+}
+
+fn colorimetry(info: &gst_video::VideoInfo) -> Colorimetry {
+    let colorimetry = info.colorimetry();
+    Colorimetry {
+        matrix: match colorimetry.matrix() {
+            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
+            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+            _ => YuvMatrix::Bt601,
+        },
+        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
+    }
+}
+
+/// Places the model input on the frame and the label map back onto it.
+fn geometry(info: gst_video::VideoInfo, contract: &Contract) -> Option<Geometry> {
+    let format = PixelFormat::from_caps_name(info.format().to_str())?;
+    let (frame_width, frame_height) = (info.width(), info.height());
+    let mode = match contract.resize {
+        model::Resize::Letterbox => ResizeMode::Letterbox,
+        model::Resize::Stretch => ResizeMode::Stretch,
+    };
+    let placement = Placement::new(
+        frame_width,
+        frame_height,
+        contract.input_width,
+        contract.input_height,
+        mode,
+    );
+    // Grid cells whose centre lies on the picture (not on the letterbox padding).
+    let stride = f64::from(contract.stride);
+    let cells = |start: u32, len: u32, grid: u32| {
+        let first = (f64::from(start) / stride - 0.5).ceil().max(0.0) as u32;
+        let end = (f64::from(start + len) / stride - 0.5).ceil() as u32;
+        let first = first.min(grid - 1);
+        (
+            first as usize,
+            end.clamp(first + 1, grid) as usize - first as usize,
+        )
+    };
+    let (crop_x, crop_width) = cells(placement.x, placement.width, contract.grid_width);
+    let (crop_y, crop_height) = cells(placement.y, placement.height, contract.grid_height);
+    Some(Geometry {
+        colorimetry: colorimetry(&info),
+        format,
+        placement,
+        crop: (crop_x, crop_y, crop_width, crop_height),
+        mask: MaskGeometry {
+            grid_width: crop_width as u32,
+            grid_height: crop_height as u32,
+            rect_x: 0,
+            rect_y: 0,
+            rect_width: frame_width,
+            rect_height: frame_height,
+            frame_width,
+            frame_height,
+        },
+        info,
+    })
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for InstSeg {
+    const NAME: &'static str = "GstInstSeg";
+    type Type = super::InstSeg;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for InstSeg {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("model-location")
+                    .nick("Model location")
+                    .blurb("ONNX model file (instseg contract 1); empty: the model embedded in the plugin")
+                    .default_value(Some(DEFAULT_MODEL_LOCATION))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("execution-provider", DEFAULT_EXECUTION_PROVIDER)
+                    .nick("Execution provider")
+                    .blurb("ONNX Runtime execution provider: auto tries CUDA, then CPU")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("device-id")
+                    .nick("Device id")
+                    .blurb("GPU to run on (CUDA, TensorRT)")
+                    .minimum(0)
+                    .default_value(DEFAULT_DEVICE_ID)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("threads")
+                    .nick("Threads")
+                    .blurb("Intra-op threads of ONNX Runtime (0 = runtime default)")
+                    .maximum(1024)
+                    .default_value(DEFAULT_THREADS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("active-execution-provider")
+                    .nick("Active execution provider")
+                    .blurb("The execution provider that actually runs the model (cpu, cuda, tensorrt)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecDouble::builder("seed-threshold")
+                    .nick("Seed threshold")
+                    .blurb("Minimum seediness of a seed candidate (-1 = the model's recommendation, else 0.5)")
+                    .minimum(-1.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_SEED_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("alpha")
+                    .nick("Alpha")
+                    .blurb("Weight of the distance term when picking seeds (-1 = the model's recommendation, else 0.3)")
+                    .minimum(-1.0)
+                    .maximum(100.0)
+                    .default_value(DEFAULT_ALPHA)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-instances")
+                    .nick("Maximum instances")
+                    .blurb("Most instances kept per frame")
+                    .minimum(1)
+                    .maximum(255)
+                    .default_value(DEFAULT_MAX_INSTANCES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecInt::builder("min-area")
+                    .nick("Minimum area")
+                    .blurb("Smallest mask kept, in output-grid pixels (-1 = the model's recommendation, else 4)")
+                    .minimum(-1)
+                    .default_value(DEFAULT_MIN_AREA)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("tracking")
+                    .nick("Tracking")
+                    .blurb("Warm-start each frame from the previous one's seeds so instances keep their id")
+                    .default_value(DEFAULT_TRACKING)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("track-max-age")
+                    .nick("Track maximum age")
+                    .blurb("Frames a track survives without being matched")
+                    .default_value(DEFAULT_TRACK_MAX_AGE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("match-similarity")
+                    .nick("Match similarity")
+                    .blurb("Minimum similarity between a track and its new seed")
+                    .minimum(0.001)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_MATCH_SIMILARITY)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecInt::builder("search-radius")
+                    .nick("Search radius")
+                    .blurb("Half-size in output-grid pixels of the window searched around a track's last seed (-1 = max(4, its box diagonal))")
+                    .minimum(-1)
+                    .default_value(DEFAULT_SEARCH_RADIUS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecString::builder("results-location")
+                    .nick("Results location")
+                    .blurb("File that gets one JSON line per frame (instances with COCO RLE masks); empty: none")
+                    .default_value(Some(DEFAULT_RESULTS_LOCATION))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("post-messages")
+                    .nick("Post messages")
+                    .blurb("Post an element message \"instseg\" with the results of every frame")
+                    .default_value(DEFAULT_POST_MESSAGES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Frames processed and mean milliseconds per stage")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.lock_settings();
+        match pspec.name() {
+            "model-location" => {
+                settings.model_location = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }
+            "execution-provider" => {
+                settings.execution_provider = value.get().expect("type checked upstream")
+            }
+            "device-id" => settings.device_id = value.get().expect("type checked upstream"),
+            "threads" => settings.threads = value.get().expect("type checked upstream"),
+            "seed-threshold" => {
+                settings.seed_threshold = value.get().expect("type checked upstream")
+            }
+            "alpha" => settings.alpha = value.get().expect("type checked upstream"),
+            "max-instances" => settings.max_instances = value.get().expect("type checked upstream"),
+            "min-area" => settings.min_area = value.get().expect("type checked upstream"),
+            "tracking" => settings.tracking = value.get().expect("type checked upstream"),
+            "track-max-age" => settings.track_max_age = value.get().expect("type checked upstream"),
+            "match-similarity" => {
+                settings.match_similarity = value.get().expect("type checked upstream")
+            }
+            "search-radius" => settings.search_radius = value.get().expect("type checked upstream"),
+            "results-location" => {
+                settings.results_location = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }
+            "post-messages" => settings.post_messages = value.get().expect("type checked upstream"),
+            other => unreachable!("no writable property {other}"),
+        }
+        gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            let stats = *self
+                .stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            return stats.to_structure().to_value();
+        }
+        if pspec.name() == "active-execution-provider" {
+            return self
+                .active_provider
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .to_value();
+        }
+        let settings = self.lock_settings();
+        match pspec.name() {
+            "model-location" => settings.model_location.to_value(),
+            "execution-provider" => settings.execution_provider.to_value(),
+            "device-id" => settings.device_id.to_value(),
+            "threads" => settings.threads.to_value(),
+            "seed-threshold" => settings.seed_threshold.to_value(),
+            "alpha" => settings.alpha.to_value(),
+            "max-instances" => settings.max_instances.to_value(),
+            "min-area" => settings.min_area.to_value(),
+            "tracking" => settings.tracking.to_value(),
+            "track-max-age" => settings.track_max_age.to_value(),
+            "match-similarity" => settings.match_similarity.to_value(),
+            "search-radius" => settings.search_radius.to_value(),
+            "results-location" => settings.results_location.to_value(),
+            "post-messages" => settings.post_messages.to_value(),
+            other => unreachable!("no readable property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for InstSeg {}
+
+impl ElementImpl for InstSeg {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static ELEMENT_METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Instance segmentation",
+                "Filter/Analyzer/Video",
+                "Segments object instances with a deep-metric-learning model (Fathi et al. 2017) on \
+                 ONNX Runtime and attaches masks, classes and stable track ids as metadata",
+                "instseg developers",
+            )
+        });
+        Some(&*ELEMENT_METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst_video::VideoCapsBuilder::new()
+                .format_list(
+                    PixelFormat::ALL.map(|(_, name)| gst_video::VideoFormat::from_string(name)),
+                )
+                .build();
+            [gst::PadDirection::Src, gst::PadDirection::Sink]
+                .into_iter()
+                .map(|direction| {
+                    let name = if direction == gst::PadDirection::Src {
+                        "src"
+                    } else {
+                        "sink"
+                    };
+                    gst::PadTemplate::new(name, direction, gst::PadPresence::Always, &caps)
+                        .expect("valid pad template")
+                })
+                .collect()
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for InstSeg {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    // Metadata is added to every buffer, which needs it writable.
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.lock_settings().clone();
+        let source = settings.model_source();
+        let model = Model::load(&source, &settings.session_options())
+            .map_err(|err| gst::error_msg!(gst::LibraryError::Init, ("{err}")))?;
+        if let Some(reason) = model.fallback_reason() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "CUDA is not available, running on the CPU: {reason}"
+            );
+        }
+        let contract = model.contract().clone();
+        gst::info!(
+            CAT,
+            imp = self,
+            "Model {:?} on {}: input {}x{}, stride {}, D = {}, thresholds {:?}, labels {:?}",
+            source,
+            model.active_provider(),
+            contract.input_width,
+            contract.input_height,
+            contract.stride,
+            contract.embedding_dim,
+            contract.thresholds,
+            contract.labels,
+        );
+        let results = if settings.results_location.is_empty() {
+            None
+        } else {
+            let path = PathBuf::from(&settings.results_location);
+            let file = File::create(&path).map_err(|err| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenWrite,
+                    ["Cannot create results file {}: {err}", path.display()]
+                )
+            })?;
+            Some((path, BufWriter::new(file)))
+        };
+
+        let mut params = Params {
+            thresholds: contract.thresholds.clone(),
+            ..Params::default()
+        };
+        settings.update_params(&contract, &mut params);
+        *self
+            .active_provider
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(model.active_provider().to_string());
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Stats::default();
+        *self.lock_state() = Some(State {
+            normalization: Normalization {
+                mean: contract.mean,
+                std: contract.std,
+            },
+            input: vec![0.0; 3 * (contract.input_width * contract.input_height) as usize],
+            model,
+            params,
+            preprocessor: Preprocessor::default(),
+            outputs: ModelOutputs::default(),
+            segmenter: Segmenter::new(),
+            geometry: None,
+            results,
+            frame_index: 0,
+            rle_scratch: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(mut state) = self.lock_state().take() {
+            self.flush_results(&mut state);
+        }
+        gst::debug!(CAT, imp = self, "Stopped");
+        Ok(())
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let info = gst_video::VideoInfo::from_caps(incaps)
+            .map_err(|_| gst::loggable_error!(CAT, "Invalid caps {incaps}"))?;
+        let mut state = self.lock_state();
+        let state = state
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "Caps before start"))?;
+        let geometry = geometry(info, state.model.contract())
+            .ok_or_else(|| gst::loggable_error!(CAT, "Unsupported caps {incaps}"))?;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "Caps {incaps}: picture at {:?} of the model input, label map {}x{}",
+            geometry.placement,
+            geometry.mask.grid_width,
+            geometry.mask.grid_height
+        );
+        state.geometry = Some(geometry);
+        // New caps: the objects of the old stream are not those of the new one.
+        state.segmenter.reset();
+        Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::FlushStop(_) => {
+                if let Some(state) = self.lock_state().as_mut() {
+                    gst::debug!(CAT, imp = self, "Flush: forgetting all tracks");
+                    state.segmenter.reset();
+                }
+            }
+            gst::EventView::Eos(_) => {
+                if let Some(state) = self.lock_state().as_mut() {
+                    self.flush_results(state);
+                }
+            }
+            _ => (),
+        }
+        self.parent_sink_event(event)
+    }
+
+    fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut state = self.lock_state();
+        let Some(state) = state.as_mut() else {
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        // Post-processing properties can change in PLAYING: take them up frame by frame.
+        self.lock_settings()
+            .update_params(state.model.contract(), &mut state.params);
+        let times = self.process(state, buf)?;
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.frames += 1;
+        stats.preprocess_ns += times[0];
+        stats.inference_ns += times[1];
+        stats.postprocess_ns += times[2];
+        stats.metadata_ns += times[3];
+        Ok(gst::FlowSuccess::Ok)
+    }
+}

@@ -1,0 +1,314 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! Checking a session against "instseg contract 1" (SPEC section 1): the declared input and
+//! outputs, the `instseg.*` metadata, and the shapes of a dry run on a zero image.
+
+use std::str::FromStr;
+
+use ort::session::{ModelMetadata, Session};
+use ort::value::{TensorElementType, TensorRef};
+
+use super::{Contract, ModelError, Resize};
+
+/// A contract error about `model`, from a format string.
+macro_rules! refused {
+    ($model:expr, $($message:tt)+) => {
+        ModelError::Contract(format!("model {}: {}", $model, format_args!($($message)+)))
+    };
+}
+
+/// Validates `session` and returns its contract; `model` names the file in errors.
+pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, ModelError> {
+    let (input_name, fixed_width, fixed_height) = check_declared(session, model)?;
+    let metadata = session.metadata().map_err(|err| {
+        ModelError::File(format!("model {model}: cannot read its metadata: {err}"))
+    })?;
+    let props = Props { model, metadata };
+    props.get(
+        "instseg.contract",
+        "1, the only contract version known",
+        |v| (v == "1").then_some(()),
+    )?;
+    let thresholds_meta = props.get(
+        "instseg.thresholds",
+        "comma-separated numbers in (0, 1], strictly ascending",
+        |value| {
+            parse_list::<f64>(value).filter(|values| {
+                values.iter().all(|t| *t > 0.0 && *t <= 1.0)
+                    && values.windows(2).all(|pair| pair[0] < pair[1])
+            })
+        },
+    )?;
+    let labels_meta = props.get("instseg.labels", "comma-separated class names", |value| {
+        let labels: Vec<String> = value.split(',').map(|l| l.trim().to_owned()).collect();
+        labels
+            .iter()
+            .all(|label| !label.is_empty())
+            .then_some(labels)
+    })?;
+    let rgb = |nonzero: bool| {
+        move |value: &str| {
+            parse_list::<f32>(value)
+                .and_then(|values| <[f32; 3]>::try_from(values).ok())
+                .filter(|rgb| rgb.iter().all(|v| v.is_finite() && (!nonzero || *v != 0.0)))
+        }
+    };
+    let mean = props.get("instseg.mean", "3 comma-separated numbers", rgb(false))?;
+    let std = props.get(
+        "instseg.std",
+        "3 comma-separated non-zero numbers",
+        rgb(true),
+    )?;
+    let input_size = props.get("instseg.input-size", "WxH, e.g. 256x256", |value| {
+        let (width, height) = value.split_once('x')?;
+        let positive = |n: &str| n.trim().parse::<u32>().ok().filter(|&n| n > 0);
+        Some((positive(width)?, positive(height)?))
+    })?;
+    let resize = props.get(
+        "instseg.resize",
+        "letterbox or stretch",
+        |value| match value {
+            "letterbox" => Some(Resize::Letterbox),
+            "stretch" => Some(Resize::Stretch),
+            _ => None,
+        },
+    )?;
+    let number = |value: &str| value.parse::<f64>().ok().filter(|n| n.is_finite());
+    let alpha = props.get("instseg.alpha", "a number", number)?;
+    let seed_threshold = props.get("instseg.seed-threshold", "a number", number)?;
+    let min_area = props.get("instseg.min-area", "a non-negative integer", |v| {
+        v.parse().ok()
+    })?;
+    drop(props);
+
+    let (default_width, default_height) = input_size.unwrap_or((256, 256));
+    let input_width = fixed_width.unwrap_or(default_width);
+    let input_height = fixed_height.unwrap_or(default_height);
+    let (embedding, classes) = dry_run(session, model, input_width, input_height)?;
+
+    let [1, dim, height, width] = embedding[..] else {
+        return Err(refused!(
+            model,
+            "output `embedding` has shape {embedding:?}, expected [1, D, h, w] (rank 4); \
+             export the embedding as [N, D, h, w]"
+        ));
+    };
+    let [1, num_thresholds, num_classes, cls_height, cls_width] = classes[..] else {
+        return Err(refused!(
+            model,
+            "output `classes` has shape {classes:?}, expected [1, T, C+1, h, w] (rank 5); \
+             export the class probabilities as [N, T, C+1, h, w]"
+        ));
+    };
+    let default = if thresholds_meta.is_some() {
+        ""
+    } else {
+        " (the default)"
+    };
+    let thresholds = thresholds_meta.unwrap_or_else(|| vec![0.25, 0.5, 0.75, 0.9]);
+    if num_thresholds != thresholds.len() {
+        let values: Vec<_> = thresholds.iter().map(f64::to_string).collect();
+        return Err(refused!(
+            model,
+            "output `classes` has shape {classes:?} with T = {num_thresholds}, but \
+             instseg.thresholds \"{}\"{default} has {} values: expected [1, {}, C+1, h, w]; \
+             make instseg.thresholds list one value per threshold of the network",
+            values.join(","),
+            thresholds.len(),
+            thresholds.len()
+        ));
+    }
+    if num_classes < 2 {
+        return Err(refused!(
+            model,
+            "output `classes` has shape {classes:?} with C+1 = {num_classes}, expected at least \
+             the background and one class"
+        ));
+    }
+    let labels = match labels_meta {
+        Some(labels) if labels.len() + 1 != num_classes => {
+            return Err(refused!(
+                model,
+                "output `classes` has shape {classes:?} with C+1 = {num_classes}, but \
+                 instseg.labels \"{}\" names {} classes: expected [1, T, {}, h, w]; make \
+                 instseg.labels list one name per class, background excluded",
+                labels.join(","),
+                labels.len(),
+                labels.len() + 1
+            ));
+        }
+        Some(labels) => labels,
+        None => (1..num_classes).map(|id| format!("class{id}")).collect(),
+    };
+    if (cls_height, cls_width) != (height, width) {
+        return Err(refused!(
+            model,
+            "output `classes` has shape {classes:?} (grid {cls_width}x{cls_height}) but output \
+             `embedding` has shape {embedding:?} (grid {width}x{height}): expected both on the \
+             same h x w grid"
+        ));
+    }
+    let (in_width, in_height) = (input_width as usize, input_height as usize);
+    let stride = (height > 0 && width > 0 && in_height % height == 0 && in_width % width == 0)
+        .then(|| in_height / height)
+        .filter(|&stride| stride == in_width / width)
+        .and_then(|stride| u32::try_from(stride).ok())
+        .ok_or_else(|| {
+            refused!(
+                model,
+                "outputs have a {width}x{height} grid for a {input_width}x{input_height} input: \
+                 expected the input size to be the grid size times one integer stride on both \
+                 axes; fix the network or instseg.input-size"
+            )
+        })?;
+
+    Ok(Contract {
+        input_name,
+        input_width,
+        input_height,
+        stride,
+        grid_width: input_width / stride,
+        grid_height: input_height / stride,
+        embedding_dim: dim,
+        thresholds,
+        labels,
+        mean: mean.unwrap_or([0.0; 3]),
+        std: std.unwrap_or([1.0; 3]),
+        resize: resize.unwrap_or(Resize::Letterbox),
+        alpha,
+        seed_threshold,
+        min_area,
+    })
+}
+
+/// The model's metadata_props, read with the model's name at hand for errors.
+struct Props<'a> {
+    model: &'a str,
+    metadata: ModelMetadata<'a>,
+}
+
+impl Props<'_> {
+    /// Parses `key` with `parse` (`None`: invalid, as `expected` describes), if present.
+    fn get<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, ModelError> {
+        let Some(value) = self.metadata.custom(key) else {
+            return Ok(None);
+        };
+        parse(value.trim()).map(Some).ok_or_else(|| {
+            refused!(
+                self.model,
+                "metadata {key} is \"{value}\", expected {expected}; fix it in the model's \
+                 metadata_props (or remove it to use the default)"
+            )
+        })
+    }
+}
+
+fn parse_list<T: FromStr>(value: &str) -> Option<Vec<T>> {
+    value
+        .split(',')
+        .map(|part| part.trim().parse().ok())
+        .collect()
+}
+
+/// Checks the declared input and outputs; returns the input name and its fixed width and
+/// height (`None` where dynamic).
+fn check_declared(
+    session: &Session,
+    model: &str,
+) -> Result<(String, Option<u32>, Option<u32>), ModelError> {
+    let input = match session.inputs() {
+        [input] => input,
+        inputs => {
+            let names: Vec<_> = inputs.iter().map(|input| input.name()).collect();
+            return Err(refused!(
+                model,
+                "{} inputs ({}), expected exactly one float32 input [1, 3, H, W]; export the \
+                 network with a single image input",
+                inputs.len(),
+                names.join(", ")
+            ));
+        }
+    };
+    let dtype = input.dtype();
+    let fixed = |dim: i64| u32::try_from(dim).ok().filter(|&dim| dim > 0);
+    let valid = |dim: i64| dim == -1 || fixed(dim).is_some();
+    let (width, height) = match dtype.tensor_shape().map(|shape| &shape[..]) {
+        Some(&[batch, 3, height, width])
+            if dtype.tensor_type() == Some(TensorElementType::Float32)
+                && matches!(batch, 1 | -1)
+                && valid(height)
+                && valid(width) =>
+        {
+            (fixed(width), fixed(height))
+        }
+        _ => {
+            return Err(refused!(
+                model,
+                "input `{}` is {dtype}, expected a float32 tensor [1, 3, H, W] (RGB, N = 1 or \
+                 dynamic); export the network with an NCHW float32 RGB input",
+                input.name()
+            ));
+        }
+    };
+    for name in ["embedding", "classes"] {
+        let Some(output) = session
+            .outputs()
+            .iter()
+            .find(|output| output.name() == name)
+        else {
+            let names: Vec<_> = session.outputs().iter().map(|o| o.name()).collect();
+            return Err(refused!(
+                model,
+                "no output `{name}` (outputs: {}), expected outputs `embedding` [N, D, h, w] \
+                 and `classes` [N, T, C+1, h, w]; give the network's outputs these names when \
+                 exporting it",
+                names.join(", ")
+            ));
+        };
+        if output.dtype().tensor_type() != Some(TensorElementType::Float32) {
+            let dtype = output.dtype();
+            return Err(refused!(
+                model,
+                "output `{name}` is {dtype}, expected a float32 tensor"
+            ));
+        }
+    }
+    Ok((input.name().to_owned(), width, height))
+}
+
+/// Runs the model once on zeros and returns the actual shapes of `embedding` and `classes`.
+fn dry_run(
+    session: &mut Session,
+    model: &str,
+    width: u32,
+    height: u32,
+) -> Result<(Vec<usize>, Vec<usize>), ModelError> {
+    let failed = |err: ort::Error| {
+        refused!(
+            model,
+            "running it on a 1x3x{height}x{width} zero image failed: {err}; check the network \
+             and instseg.input-size"
+        )
+    };
+    let zeros = vec![0.0f32; 3 * height as usize * width as usize];
+    let shape = [1, 3, height as usize, width as usize];
+    let input = TensorRef::from_array_view((shape, &zeros[..])).map_err(failed)?;
+    let outputs = session.run(ort::inputs![input]).map_err(failed)?;
+    let shape_of = |name: &str| {
+        let value = outputs
+            .get(name)
+            .ok_or_else(|| ort::Error::new(format!("no output `{name}`")))
+            .and_then(|value| value.try_extract_tensor::<f32>())
+            .map_err(failed)?;
+        Ok(value
+            .0
+            .iter()
+            .map(|&dim| usize::try_from(dim).unwrap_or(0))
+            .collect())
+    };
+    Ok((shape_of("embedding")?, shape_of("classes")?))
+}

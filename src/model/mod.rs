@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//! The model runtime: ONNX Runtime sessions for instseg models, with no GStreamer types.
+//!
+//! [`Model::load`] finds and loads ONNX Runtime once per process (SPEC section 4), starts a
+//! session on the requested execution provider, checks the model against "instseg
+//! contract 1" (SPEC section 1) and caches the result, so element instances that use the
+//! same model and options share one session. [`Model::run`] then feeds one normalised
+//! image and copies both outputs into reusable buffers.
+
+mod contract;
+mod library;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+
+use ort::ep::ExecutionProvider as _;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+/// The execution provider asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ExecutionProvider {
+    /// CUDA when it can start, else CPU (with [`Model::fallback_reason`] saying why).
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+/// How a session is started; part of the session cache key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionOptions {
+    pub provider: ExecutionProvider,
+    pub device_id: i32,
+    /// Intra-op threads; 0 leaves ONNX Runtime's default.
+    pub threads: u32,
+}
+
+/// Where the ONNX model comes from.
+#[derive(Clone, Debug)]
+pub enum ModelSource {
+    File(PathBuf),
+    /// A model compiled into the plugin; `name` identifies it in errors and the cache.
+    Embedded {
+        name: &'static str,
+        bytes: &'static [u8],
+    },
+}
+
+/// How frames are fitted to the model input (`instseg.resize`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Resize {
+    /// Keep the aspect ratio and pad.
+    Letterbox,
+    Stretch,
+}
+
+/// What a model promises, read from its tensors and `instseg.*` metadata and checked by a
+/// dry run.
+#[derive(Clone, Debug)]
+pub struct Contract {
+    pub input_name: String,
+    /// The size to feed: the fixed input size, or `instseg.input-size` when it is dynamic.
+    pub input_width: u32,
+    pub input_height: u32,
+    /// Input size divided by output grid size, the same on both axes.
+    pub stride: u32,
+    pub grid_width: u32,
+    pub grid_height: u32,
+    /// D, the length of one pixel's embedding.
+    pub embedding_dim: usize,
+    /// The T values of tau, ascending.
+    pub thresholds: Vec<f64>,
+    /// The C class names, for class ids 1..=C.
+    pub labels: Vec<String>,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: Resize,
+    /// Recommended post-processing defaults; `None` when the model does not say.
+    pub alpha: Option<f64>,
+    pub seed_threshold: Option<f64>,
+    pub min_area: Option<u32>,
+}
+
+/// The execution provider a session actually runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveProvider {
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl fmt::Display for ActiveProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::TensorRt => "tensorrt",
+        })
+    }
+}
+
+/// Both model outputs for one image, batch dimension dropped: `embedding` is `[D, h, w]`
+/// and `classes` `[T, C+1, h, w]`. Reused between runs so that running does not allocate.
+#[derive(Clone, Debug, Default)]
+pub struct ModelOutputs {
+    pub embedding: Vec<f32>,
+    pub classes: Vec<f32>,
+}
+
+/// Why a model cannot be loaded or run. Every message says what was found, what was
+/// expected and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelError {
+    /// ONNX Runtime could not be found, loaded or started.
+    Runtime(String),
+    /// An explicitly requested execution provider could not start.
+    Provider(String),
+    /// The model file is missing, unreadable or not an ONNX model.
+    File(String),
+    /// The model does not follow the instseg contract.
+    Contract(String),
+    /// Running the model failed.
+    Inference(String),
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Runtime(message)
+            | Self::Provider(message)
+            | Self::File(message)
+            | Self::Contract(message)
+            | Self::Inference(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+/// A model in the cache: its canonical file path or embedded name, shown in errors too.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ModelId {
+    File(PathBuf),
+    Embedded(&'static str),
+}
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Embedded(name) => write!(f, "embedded:{name}"),
+        }
+    }
+}
+
+type CacheKey = (ModelId, SessionOptions);
+
+/// Sessions alive anywhere in the process, so element instances share them.
+static CACHE: LazyLock<Mutex<HashMap<CacheKey, Weak<Model>>>> = LazyLock::new(Default::default);
+
+/// A validated ONNX Runtime session for one model; shared between element instances.
+#[derive(Debug)]
+pub struct Model {
+    /// `Session::run` needs `&mut`; streaming threads take turns.
+    session: Mutex<Session>,
+    name: String,
+    contract: Contract,
+    active_provider: ActiveProvider,
+    fallback_reason: Option<String>,
+}
+
+impl Model {
+    /// Loads (or reuses from a process-wide cache) a session for this source + options,
+    /// validated against the contract.
+    pub fn load(source: &ModelSource, options: &SessionOptions) -> Result<Arc<Model>, ModelError> {
+        let runtime = library::runtime()?;
+        let id = match source {
+            ModelSource::File(path) => ModelId::File(path.canonicalize().map_err(|err| {
+                ModelError::File(format!(
+                    "cannot open model file {}: {err}; give the path of an existing ONNX file",
+                    path.display()
+                ))
+            })?),
+            ModelSource::Embedded { name, .. } => ModelId::Embedded(name),
+        };
+        let key = (id, options.clone());
+        // Held while loading, so that concurrent loads of one key start one session.
+        let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(model) = cache.get(&key).and_then(Weak::upgrade) {
+            return Ok(model);
+        }
+        let model = Arc::new(Self::start(runtime, source, key.0.to_string(), options)?);
+        cache.retain(|_, model| model.strong_count() > 0);
+        cache.insert(key, Arc::downgrade(&model));
+        Ok(model)
+    }
+
+    fn start(
+        runtime: &library::Runtime,
+        source: &ModelSource,
+        name: String,
+        options: &SessionOptions,
+    ) -> Result<Self, ModelError> {
+        let start = |provider| start_session(runtime, source, &name, options, provider);
+        let requested = match options.provider {
+            ExecutionProvider::Cpu => ActiveProvider::Cpu,
+            ExecutionProvider::Auto | ExecutionProvider::Cuda => ActiveProvider::Cuda,
+            ExecutionProvider::TensorRt => ActiveProvider::TensorRt,
+        };
+        let (mut session, active_provider, fallback_reason) = match start(requested) {
+            Ok(session) => (session, requested, None),
+            Err(ModelError::Provider(reason)) if options.provider == ExecutionProvider::Auto => (
+                start(ActiveProvider::Cpu)?,
+                ActiveProvider::Cpu,
+                Some(reason),
+            ),
+            Err(err) => return Err(err),
+        };
+        let contract = contract::validate(&mut session, &name)?;
+        Ok(Self {
+            session: Mutex::new(session),
+            name,
+            contract,
+            active_provider,
+            fallback_reason,
+        })
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    pub fn active_provider(&self) -> ActiveProvider {
+        self.active_provider
+    }
+
+    /// Why `auto` fell back to CPU (None when it did not): the element logs it as a warning.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// Path of the ONNX Runtime library in use (loading it if needed).
+    pub fn runtime_library() -> Result<PathBuf, ModelError> {
+        library::runtime().map(|runtime| runtime.library.clone())
+    }
+
+    /// Runs the model on `input` (1 x 3 x input_height x input_width, NCHW, already
+    /// normalised) and copies both outputs into `outputs`, without reallocating once sized.
+    pub fn run(&self, input: &[f32], outputs: &mut ModelOutputs) -> Result<(), ModelError> {
+        let contract = &self.contract;
+        let (width, height) = (
+            contract.input_width as usize,
+            contract.input_height as usize,
+        );
+        if input.len() != 3 * height * width {
+            return Err(ModelError::Inference(format!(
+                "model {}: input has {} values, expected {} (1 x 3 x {height} x {width})",
+                self.name,
+                input.len(),
+                3 * height * width
+            )));
+        }
+        let failed = |err: ort::Error| {
+            ModelError::Inference(format!("model {}: inference failed: {err}", self.name))
+        };
+        let tensor = TensorRef::from_array_view(([1, 3, height, width], input)).map_err(failed)?;
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let results = session.run(ort::inputs![tensor]).map_err(failed)?;
+        let grid = contract.grid_width as usize * contract.grid_height as usize;
+        let classes_len = contract.thresholds.len() * (contract.labels.len() + 1) * grid;
+        for (name, len, buffer) in [
+            (
+                "embedding",
+                contract.embedding_dim * grid,
+                &mut outputs.embedding,
+            ),
+            ("classes", classes_len, &mut outputs.classes),
+        ] {
+            let (shape, data) = results
+                .get(name)
+                .ok_or_else(|| ort::Error::new(format!("no output `{name}`")))
+                .and_then(|value| value.try_extract_tensor::<f32>())
+                .map_err(failed)?;
+            if data.len() != len {
+                return Err(ModelError::Inference(format!(
+                    "model {}: output `{name}` has shape {shape:?}, not the {len} values of the \
+                     dry run at load time",
+                    self.name
+                )));
+            }
+            buffer.clear();
+            buffer.extend_from_slice(data);
+        }
+        Ok(())
+    }
+}
+
+/// Starts a session on `provider` (CPU: ONNX Runtime's default). Failures of a GPU provider
+/// are [`ModelError::Provider`], so that `auto` can fall back.
+fn start_session(
+    runtime: &library::Runtime,
+    source: &ModelSource,
+    name: &str,
+    options: &SessionOptions,
+    provider: ActiveProvider,
+) -> Result<Session, ModelError> {
+    let runtime_error = |err: String| {
+        ModelError::Runtime(format!("model {name}: cannot configure a session: {err}"))
+    };
+    let provider_error = |reason: String| {
+        let preloaded = library::preload_cuda(&runtime.library);
+        ModelError::Provider(format!(
+            "execution provider {provider} cannot start for model {name}: {reason} ({preloaded}). \
+             To use it, install the GPU build of ONNX Runtime with `pip install onnxruntime-gpu` \
+             (which also installs the CUDA libraries) and an NVIDIA GPU driver, or choose the \
+             cpu execution provider"
+        ))
+    };
+
+    let mut builder =
+        Session::builder(&runtime.environment).map_err(|e| runtime_error(e.to_string()))?;
+    if options.threads > 0 {
+        builder = builder
+            .with_intra_threads(options.threads as usize)
+            .map_err(|e| runtime_error(e.to_string()))?;
+    }
+    if provider != ActiveProvider::Cpu {
+        library::preload_cuda(&runtime.library);
+        let available = match provider {
+            ActiveProvider::TensorRt => ort::ep::TensorRT::is_available(),
+            _ => ort::ep::CUDA::is_available(),
+        };
+        if !available.unwrap_or(true) {
+            return Err(provider_error(format!(
+                "the ONNX Runtime in use ({}) was built without it",
+                runtime.library.display()
+            )));
+        }
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(options.device_id)
+            .build()
+            .error_on_failure();
+        let providers = match provider {
+            ActiveProvider::TensorRt => vec![
+                ort::ep::TensorRT::default()
+                    .with_device_id(options.device_id)
+                    .build()
+                    .error_on_failure(),
+                cuda,
+            ],
+            _ => vec![cuda],
+        };
+        builder = builder
+            .with_execution_providers(providers)
+            .map_err(|e| provider_error(e.to_string()))?;
+    }
+    let session = match source {
+        ModelSource::File(path) => builder.commit_from_file(path),
+        ModelSource::Embedded { bytes, .. } => builder.commit_from_memory(bytes),
+    };
+    session.map_err(|err| {
+        use ort::ErrorCode::*;
+        let code = err.code();
+        if provider == ActiveProvider::Cpu
+            || matches!(
+                code,
+                NoSuchFile | NoModel | InvalidProtobuf | InvalidGraph | NotImplemented
+            )
+        {
+            ModelError::File(format!(
+                "ONNX Runtime cannot load model {name}: {err}; give the path of a valid ONNX model"
+            ))
+        } else {
+            provider_error(err.to_string())
+        }
+    })
+}
