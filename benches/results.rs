@@ -59,6 +59,7 @@ fn bench_write_frame(c: &mut Criterion) {
         pts: Some(0),
         width: 1280,
         height: 720,
+        carried: false,
         instances: &instances,
     };
     let mut group = c.benchmark_group("write_frame/1280x720-grid64-20");

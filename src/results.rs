@@ -351,12 +351,14 @@ pub struct FrameRecord<'a> {
     pub pts: Option<u64>,
     pub width: u32,
     pub height: u32,
+    /// The instances repeat the last inferred frame's (inference was skipped on this one).
+    pub carried: bool,
     pub instances: &'a [InstanceRecord<'a>],
 }
 
 /// Writes the `results-location` line of a frame (SPEC section 5): one JSON object and a
 /// newline,
-/// `{"frame", "pts" (ns or null), "width", "height", "instances": [{"track_id", "class_id",
+/// `{"frame", "pts" (ns or null), "width", "height", "carried", "instances": [{"track_id", "class_id",
 /// "label", "score", "bbox" [x, y, w, h], "seed" [x, y], "mask": {"size" [height, width],
 /// "counts"}}]}`, with each mask encoded by [`encode_rle`] from `labels`.
 ///
@@ -388,8 +390,8 @@ pub fn write_frame<W: Write>(
     }
     write!(
         out,
-        r#","width":{},"height":{},"instances":["#,
-        record.width, record.height
+        r#","width":{},"height":{},"carried":{},"instances":["#,
+        record.width, record.height, record.carried
     )?;
     for (index, instance) in record.instances.iter().enumerate() {
         if index > 0 {
@@ -754,6 +756,7 @@ mod tests {
             pts: Some(400_000_000),
             width: 4,
             height: 4,
+            carried: false,
             instances: &instances,
         };
         let mut line = Vec::new();
@@ -786,6 +789,7 @@ mod tests {
 
         let empty = FrameRecord {
             pts: None,
+            carried: false,
             instances: &[],
             ..record
         };
@@ -793,7 +797,7 @@ mod tests {
         write_frame(&mut line, &empty, &labels, &geometry, &mut scratch).unwrap();
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "{\"frame\":12,\"pts\":null,\"width\":4,\"height\":4,\"instances\":[]}\n"
+            "{\"frame\":12,\"pts\":null,\"width\":4,\"height\":4,\"carried\":false,\"instances\":[]}\n"
         );
     }
 }

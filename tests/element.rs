@@ -444,3 +444,88 @@ fn bad_property_values_are_refused_and_leave_the_setting_alone() {
         gstinstseg::ExecutionProvider::Cpu
     );
 }
+
+fn carried(buffer: &gst::BufferRef) -> bool {
+    gst::meta::CustomMeta::from_buffer(buffer, "InstSegMeta")
+        .expect("meta")
+        .structure()
+        .get::<bool>("carried")
+        .expect("carried")
+}
+
+fn instseg_of(h: &gst_check::Harness) -> gst::Element {
+    h.element()
+        .and_then(|bin| bin.downcast::<gst::Bin>().ok())
+        .and_then(|bin| {
+            bin.iterate_elements()
+                .into_iter()
+                .flatten()
+                .find(|e| e.factory().is_some_and(|f| f.name() == "instseg"))
+        })
+        .expect("the element")
+}
+
+#[test]
+fn inference_interval_carries_the_last_result_between_inferences() {
+    let (width, height) = (64, 64);
+    let mut h = harness("RGB", "inference-interval=3");
+    let mut seen = Vec::new();
+    for step in 0..7 {
+        let moved = shapes(width, height).map(|s| s.shifted(step as f32, 0.0));
+        let (caps, buffer) = rgb_frame(width, height, &moved);
+        h.set_src_caps(caps);
+        let out = h.push_and_pull(buffer).expect("a buffer comes out");
+        seen.push((carried(&out), MetaResult::read(&out)));
+    }
+    let flags: Vec<bool> = seen.iter().map(|(c, _)| *c).collect();
+    assert_eq!(flags, [false, true, true, false, true, true, false]);
+    for (index, (is_carried, result)) in seen.iter().enumerate() {
+        if *is_carried {
+            let inferred = &seen[index - index % 3].1;
+            assert_eq!(result.labels, inferred.labels, "frame {index}");
+            let ids = |r: &MetaResult| r.instances.iter().map(|i| i.track_id).collect::<Vec<_>>();
+            assert_eq!(ids(result), ids(inferred), "frame {index}");
+        }
+    }
+    let stats = instseg_of(&h).property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("inferred").unwrap(), 3);
+    assert_eq!(stats.get::<u64>("carried").unwrap(), 4);
+}
+
+#[test]
+fn late_frames_skip_inference_instead_of_being_dropped() {
+    let (width, height) = (64, 64);
+    // No videoconvert in front: as a GstVideoFilter it would drop late buffers itself.
+    init();
+    let mut h = gst_check::Harness::new_parse(&format!(
+        "instseg model-location={}",
+        fixture("colour.onnx")
+    ));
+    h.play();
+    let frame = |index: u64| {
+        let (caps, mut buffer) = rgb_frame(width, height, &shapes(width, height));
+        let buffer_ref = buffer.get_mut().unwrap();
+        buffer_ref.set_pts(gst::ClockTime::from_mseconds(40 * index));
+        buffer_ref.set_duration(gst::ClockTime::from_mseconds(40));
+        (caps, buffer)
+    };
+    let (caps, first) = frame(0);
+    h.set_src_caps(caps);
+    assert!(!carried(&h.push_and_pull(first).unwrap()));
+    // Downstream: the frame at 40 ms was 1 s late, so everything before about 2 s is late.
+    assert!(h.push_upstream_event(gst::event::Qos::new(
+        gst::QOSType::Underflow,
+        0.5,
+        1_000_000_000,
+        gst::ClockTime::from_mseconds(40),
+    )));
+    let mut flags = Vec::new();
+    for index in 1..4 {
+        flags.push(carried(
+            &h.push_and_pull(frame(index).1).expect("not dropped"),
+        ));
+    }
+    assert_eq!(flags, [true, true, true]);
+    let (_, on_time) = frame(100);
+    assert!(!carried(&h.push_and_pull(on_time).unwrap()));
+}

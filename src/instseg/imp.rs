@@ -20,7 +20,7 @@ use crate::preprocess::{
     YuvMatrix,
 };
 use crate::results::{self, FrameRecord, InstanceRecord, MaskGeometry};
-use crate::segment::{OutputView, Params, Segmenter, TrackingParams};
+use crate::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -53,6 +53,7 @@ const DEFAULT_MATCH_SIMILARITY: f64 = 0.5;
 /// Negative: max(4, the track's bounding-box diagonal).
 const DEFAULT_SEARCH_RADIUS: i32 = -1;
 const DEFAULT_RESULTS_LOCATION: &str = "";
+const DEFAULT_INFERENCE_INTERVAL: u32 = 1;
 const DEFAULT_POST_MESSAGES: bool = false;
 
 #[derive(Debug, Clone)]
@@ -71,6 +72,7 @@ struct Settings {
     search_radius: i32,
     results_location: String,
     post_messages: bool,
+    inference_interval: u32,
 }
 
 impl Default for Settings {
@@ -90,6 +92,7 @@ impl Default for Settings {
             search_radius: DEFAULT_SEARCH_RADIUS,
             results_location: DEFAULT_RESULTS_LOCATION.into(),
             post_messages: DEFAULT_POST_MESSAGES,
+            inference_interval: DEFAULT_INFERENCE_INTERVAL,
         }
     }
 }
@@ -143,10 +146,14 @@ impl Settings {
     }
 }
 
-/// Mean time per frame of each stage, for the `stats` property.
+/// Frame counts and time per stage, for the `stats` property (means over the frames that
+/// ran the stage).
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
-    frames: u64,
+    /// Frames the network ran on.
+    inferred: u64,
+    /// Frames that repeated the last result (inference-interval or QoS).
+    carried: u64,
     preprocess_ns: u64,
     inference_ns: u64,
     postprocess_ns: u64,
@@ -155,19 +162,25 @@ struct Stats {
 
 impl Stats {
     fn to_structure(self) -> gst::Structure {
-        let mean_ms = |total: u64| {
-            if self.frames == 0 {
+        let mean_ms = |total: u64, frames: u64| {
+            if frames == 0 {
                 0.0
             } else {
-                total as f64 / self.frames as f64 / 1e6
+                total as f64 / frames as f64 / 1e6
             }
         };
+        let frames = self.inferred + self.carried;
         gst::Structure::builder("instseg-stats")
-            .field("frames", self.frames)
-            .field("preprocess-ms", mean_ms(self.preprocess_ns))
-            .field("inference-ms", mean_ms(self.inference_ns))
-            .field("postprocess-ms", mean_ms(self.postprocess_ns))
-            .field("metadata-ms", mean_ms(self.metadata_ns))
+            .field("frames", frames)
+            .field("inferred", self.inferred)
+            .field("carried", self.carried)
+            .field("preprocess-ms", mean_ms(self.preprocess_ns, self.inferred))
+            .field("inference-ms", mean_ms(self.inference_ns, self.inferred))
+            .field(
+                "postprocess-ms",
+                mean_ms(self.postprocess_ns, self.inferred),
+            )
+            .field("metadata-ms", mean_ms(self.metadata_ns, frames))
             .build()
     }
 }
@@ -183,6 +196,142 @@ struct Geometry {
     mask: MaskGeometry,
 }
 
+/// A JSON results entry, owned so that it can be written again for carried frames.
+struct OwnedRecord {
+    region: u8,
+    track_id: u64,
+    class_id: u32,
+    label: String,
+    score: f64,
+    bbox: [u32; 4],
+    seed: [u32; 2],
+}
+
+impl OwnedRecord {
+    fn borrow(&self) -> InstanceRecord<'_> {
+        InstanceRecord {
+            region: self.region,
+            track_id: self.track_id,
+            class_id: self.class_id,
+            label: &self.label,
+            score: self.score,
+            bbox: self.bbox,
+            seed: self.seed,
+        }
+    }
+}
+
+/// One inferred frame's result in frame coordinates, ready to be attached to this buffer and,
+/// when inference is skipped, to the next ones.
+struct FrameResult {
+    /// The `InstSegMeta` structure (SPEC section 5.1).
+    structure: gst::Structure,
+    /// The label map (also inside `structure`).
+    mask: gst::Buffer,
+    /// Per instance: ROI type, box and parameter structure (SPEC section 5.2).
+    rois: Vec<(String, [u32; 4], gst::Structure)>,
+    records: Vec<OwnedRecord>,
+}
+
+impl FrameResult {
+    /// Crops the label map to the picture and maps every instance to frame pixels.
+    fn new(segmentation: &Segmentation, geometry: &Geometry, labels: &[String]) -> FrameResult {
+        let (crop_x, crop_y, crop_width, crop_height) = geometry.crop;
+        let mut map = Vec::with_capacity(crop_width * crop_height);
+        for row in segmentation.labels[crop_y * segmentation.width..]
+            .chunks_exact(segmentation.width)
+            .take(crop_height)
+        {
+            map.extend_from_slice(&row[crop_x..crop_x + crop_width]);
+        }
+        let mut areas = [0u32; 256];
+        for &label in &map {
+            areas[usize::from(label)] += 1;
+        }
+
+        let mask = &geometry.mask;
+        let mut instances = Vec::with_capacity(segmentation.instances.len());
+        let mut rois = Vec::with_capacity(segmentation.instances.len());
+        let mut records = Vec::with_capacity(segmentation.instances.len());
+        for instance in &segmentation.instances {
+            let label = labels
+                .get(instance.class_id as usize - 1)
+                .cloned()
+                .unwrap_or_default();
+            // The grid box, clipped to the cropped label map, in frame pixels.
+            let clip = |start: u32, len: u32, offset: usize, size: usize| {
+                let first = (start as usize).clamp(offset, offset + size) - offset;
+                let last = ((start + len) as usize).clamp(offset, offset + size) - offset;
+                (first as u32, last as u32)
+            };
+            let (gx0, gx1) = clip(instance.bbox.x, instance.bbox.width, crop_x, crop_width);
+            let (gy0, gy1) = clip(instance.bbox.y, instance.bbox.height, crop_y, crop_height);
+            let (x0, x1) = mask.column_span(gx0, gx1);
+            let (y0, y1) = mask.row_span(gy0, gy1);
+            let seed_x = (instance.seed.x as usize).clamp(crop_x, crop_x + crop_width - 1) - crop_x;
+            let seed_y =
+                (instance.seed.y as usize).clamp(crop_y, crop_y + crop_height - 1) - crop_y;
+            let (seed_x, seed_y) = mask.cell_center(seed_x as u32, seed_y as u32);
+            let bbox = [x0, y0, x1 - x0, y1 - y0];
+            let region = u32::from(instance.region);
+            let confidence = f64::from(instance.confidence);
+
+            instances.push(
+                gst::Structure::builder("instance")
+                    .field("region", region)
+                    .field("track-id", instance.track_id)
+                    .field("class-id", instance.class_id)
+                    .field("label", &label)
+                    .field("confidence", confidence)
+                    .field("threshold", instance.threshold)
+                    .field("x", bbox[0])
+                    .field("y", bbox[1])
+                    .field("width", bbox[2])
+                    .field("height", bbox[3])
+                    .field("seed-x", seed_x)
+                    .field("seed-y", seed_y)
+                    .field("area", areas[usize::from(instance.region)])
+                    .field("age", instance.age)
+                    .build(),
+            );
+            let param = gst::Structure::builder("instance")
+                .field("region", region)
+                .field("track-id", instance.track_id)
+                .field("class-id", instance.class_id)
+                .field("confidence", confidence)
+                .build();
+            rois.push((label.clone(), bbox, param));
+            records.push(OwnedRecord {
+                region: instance.region,
+                track_id: instance.track_id,
+                class_id: instance.class_id,
+                label,
+                score: confidence,
+                bbox,
+                seed: [seed_x, seed_y],
+            });
+        }
+
+        let mask_buffer = gst::Buffer::from_mut_slice(map);
+        let structure = gst::Structure::builder(meta::STRUCTURE_NAME)
+            .field("mask", &mask_buffer)
+            .field("mask-width", crop_width as u32)
+            .field("mask-height", crop_height as u32)
+            .field("mask-x", mask.rect_x as i32)
+            .field("mask-y", mask.rect_y as i32)
+            .field("mask-w", mask.rect_width as i32)
+            .field("mask-h", mask.rect_height as i32)
+            .field("instances", gst::Array::new(instances))
+            .build();
+        FrameResult {
+            structure,
+            mask: mask_buffer,
+            rois,
+            records,
+        }
+    }
+}
+
 /// Everything built in `start` (model, buffers, tracks) and `set_caps` (geometry).
 struct State {
     model: Arc<Model>,
@@ -196,6 +345,10 @@ struct State {
     results: Option<(PathBuf, BufWriter<File>)>,
     frame_index: u64,
     rle_scratch: Vec<u32>,
+    /// The last inferred frame's result, repeated on frames that skip inference.
+    last: Option<FrameResult>,
+    /// Frames since the last inference.
+    since_inference: u32,
 }
 
 #[derive(Default)]
@@ -204,6 +357,8 @@ pub struct InstSeg {
     state: Mutex<Option<State>>,
     stats: Mutex<Stats>,
     active_provider: Mutex<Option<String>>,
+    /// From downstream's QoS events: buffers whose running time ends before this are late.
+    earliest_time: Mutex<Option<gst::ClockTime>>,
 }
 
 impl InstSeg {
@@ -219,12 +374,13 @@ impl InstSeg {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Segments one frame and attaches the results; returns the time spent per stage.
-    fn process(
+    /// Runs the model and the segmentation on one frame; returns its result and the time
+    /// spent in pre-processing, inference and post-processing.
+    fn infer(
         &self,
         state: &mut State,
-        buf: &mut gst::BufferRef,
-    ) -> Result<[u64; 4], gst::FlowError> {
+        buf: &gst::BufferRef,
+    ) -> Result<(FrameResult, [u64; 3]), gst::FlowError> {
         let State {
             model,
             params,
@@ -234,9 +390,7 @@ impl InstSeg {
             outputs,
             segmenter,
             geometry,
-            results,
-            frame_index,
-            rle_scratch,
+            ..
         } = state;
         let geometry = geometry.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
         let contract = model.contract();
@@ -312,96 +466,76 @@ impl InstSeg {
             );
             gst::FlowError::Error
         })?;
+        let result = FrameResult::new(segmentation, geometry, &contract.labels);
         let postprocessed = Instant::now();
 
-        let (crop_x, crop_y, crop_width, crop_height) = geometry.crop;
-        let mut labels = Vec::with_capacity(crop_width * crop_height);
-        for row in segmentation.labels[crop_y * segmentation.width..]
-            .chunks_exact(segmentation.width)
-            .take(crop_height)
-        {
-            labels.extend_from_slice(&row[crop_x..crop_x + crop_width]);
-        }
-        let mut areas = [0u32; 256];
-        for &label in &labels {
-            areas[usize::from(label)] += 1;
-        }
+        let nanos = |from: Instant, to: Instant| to.duration_since(from).as_nanos() as u64;
+        Ok((
+            result,
+            [
+                nanos(started, preprocessed),
+                nanos(preprocessed, inferred),
+                nanos(inferred, postprocessed),
+            ],
+        ))
+    }
 
-        let mask = &geometry.mask;
-        let mut instances = Vec::with_capacity(segmentation.instances.len());
-        let mut records = Vec::with_capacity(segmentation.instances.len());
-        for instance in &segmentation.instances {
-            let label = contract
-                .labels
-                .get(instance.class_id as usize - 1)
-                .map_or("", String::as_str);
-            // The grid box, clipped to the cropped label map, in frame pixels.
-            let clip = |start: u32, len: u32, offset: usize, size: usize| {
-                let first = (start as usize).clamp(offset, offset + size) - offset;
-                let last = ((start + len) as usize).clamp(offset, offset + size) - offset;
-                (first as u32, last as u32)
-            };
-            let (gx0, gx1) = clip(instance.bbox.x, instance.bbox.width, crop_x, crop_width);
-            let (gy0, gy1) = clip(instance.bbox.y, instance.bbox.height, crop_y, crop_height);
-            let (x0, x1) = mask.column_span(gx0, gx1);
-            let (y0, y1) = mask.row_span(gy0, gy1);
-            let seed_x = (instance.seed.x as usize).clamp(crop_x, crop_x + crop_width - 1) - crop_x;
-            let seed_y =
-                (instance.seed.y as usize).clamp(crop_y, crop_y + crop_height - 1) - crop_y;
-            let (seed_x, seed_y) = mask.cell_center(seed_x as u32, seed_y as u32);
-            let bbox = [x0, y0, x1 - x0, y1 - y0];
-
-            instances.push(
-                gst::Structure::builder("instance")
-                    .field("region", u32::from(instance.region))
-                    .field("track-id", instance.track_id)
-                    .field("class-id", instance.class_id)
-                    .field("label", label)
-                    .field("confidence", f64::from(instance.confidence))
-                    .field("threshold", instance.threshold)
-                    .field("x", bbox[0])
-                    .field("y", bbox[1])
-                    .field("width", bbox[2])
-                    .field("height", bbox[3])
-                    .field("seed-x", seed_x)
-                    .field("seed-y", seed_y)
-                    .field("area", areas[usize::from(instance.region)])
-                    .field("age", instance.age)
-                    .build(),
-            );
+    /// Attaches a result to a buffer (meta, ROI metas), writes its JSON line and posts its
+    /// message. `carried`: the result is the last inferred frame's, repeated.
+    fn publish(
+        &self,
+        state: &mut State,
+        buf: &mut gst::BufferRef,
+        carried: bool,
+    ) -> Result<(), gst::FlowError> {
+        let State {
+            last,
+            geometry,
+            results,
+            frame_index,
+            rle_scratch,
+            ..
+        } = state;
+        let (Some(result), Some(geometry)) = (last.as_ref(), geometry.as_ref()) else {
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        for (label, bbox, param) in &result.rois {
             let mut roi = gst_video::VideoRegionOfInterestMeta::add(
                 buf,
                 label,
                 (bbox[0], bbox[1], bbox[2], bbox[3]),
             );
-            roi.add_param(
-                gst::Structure::builder("instance")
-                    .field("region", u32::from(instance.region))
-                    .field("track-id", instance.track_id)
-                    .field("class-id", instance.class_id)
-                    .field("confidence", f64::from(instance.confidence))
-                    .build(),
-            );
-            records.push(InstanceRecord {
-                region: instance.region,
-                track_id: instance.track_id,
-                class_id: instance.class_id,
-                label,
-                score: f64::from(instance.confidence),
-                bbox,
-                seed: [seed_x, seed_y],
-            });
+            roi.add_param(param.clone());
         }
+        let mut structure = result.structure.clone();
+        structure.set("carried", carried);
+        meta::attach(buf, &structure).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Failed,
+                ["Cannot attach {}: {err}", meta::META_NAME]
+            );
+            gst::FlowError::Error
+        })?;
 
         if let Some((path, file)) = results {
+            let records: Vec<InstanceRecord> =
+                result.records.iter().map(OwnedRecord::borrow).collect();
             let record = FrameRecord {
                 frame: *frame_index,
                 pts: buf.pts().map(gst::ClockTime::nseconds),
-                width: mask.frame_width,
-                height: mask.frame_height,
+                width: geometry.mask.frame_width,
+                height: geometry.mask.frame_height,
+                carried,
                 instances: &records,
             };
-            if let Err(err) = results::write_frame(file, &record, &labels, mask, rle_scratch) {
+            let mask = result
+                .mask
+                .map_readable()
+                .map_err(|_| gst::FlowError::Error)?;
+            if let Err(err) =
+                results::write_frame(file, &record, &mask, &geometry.mask, rle_scratch)
+            {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::Write,
@@ -412,42 +546,31 @@ impl InstSeg {
         }
         *frame_index += 1;
 
-        let structure = gst::Structure::builder(meta::STRUCTURE_NAME)
-            .field("mask", gst::Buffer::from_mut_slice(labels))
-            .field("mask-width", crop_width as u32)
-            .field("mask-height", crop_height as u32)
-            .field("mask-x", mask.rect_x as i32)
-            .field("mask-y", mask.rect_y as i32)
-            .field("mask-w", mask.rect_width as i32)
-            .field("mask-h", mask.rect_height as i32)
-            .field("instances", gst::Array::new(instances))
-            .build();
-        meta::attach(buf, &structure).map_err(|err| {
-            gst::element_imp_error!(
-                self,
-                gst::CoreError::Failed,
-                ["Cannot attach {}: {err}", meta::META_NAME]
-            );
-            gst::FlowError::Error
-        })?;
         if self.lock_settings().post_messages {
-            let mut message = structure;
-            message.set("timestamp", buf.pts());
+            structure.set("timestamp", buf.pts());
             let _ = self.obj().post_message(
-                gst::message::Element::builder(message)
+                gst::message::Element::builder(structure)
                     .src(&*self.obj())
                     .build(),
             );
         }
-        let done = Instant::now();
+        Ok(())
+    }
 
-        let nanos = |from: Instant, to: Instant| to.duration_since(from).as_nanos() as u64;
-        Ok([
-            nanos(started, preprocessed),
-            nanos(preprocessed, inferred),
-            nanos(inferred, postprocessed),
-            nanos(postprocessed, done),
-        ])
+    /// Whether downstream's QoS says this buffer will be late anyway.
+    fn is_late(&self, buf: &gst::BufferRef) -> bool {
+        let Some(earliest) = *self.earliest_time.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return false;
+        };
+        let segment = self.obj().segment();
+        let Some(segment) = segment.downcast_ref::<gst::ClockTime>() else {
+            return false;
+        };
+        buf.pts()
+            .and_then(|pts| segment.to_running_time(pts))
+            .is_some_and(|running_time| {
+                running_time + buf.duration().unwrap_or_default() <= earliest
+            })
     }
 
     /// Flushes the results file (at EOS and stop).
@@ -634,6 +757,14 @@ impl ObjectImpl for InstSeg {
                     .default_value(DEFAULT_POST_MESSAGES)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("inference-interval")
+                    .nick("Inference interval")
+                    .blurb("Run the network on every Nth frame; frames in between carry the last result")
+                    .minimum(1)
+                    .maximum(1000)
+                    .default_value(DEFAULT_INFERENCE_INTERVAL)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Frames processed and mean milliseconds per stage")
@@ -679,6 +810,9 @@ impl ObjectImpl for InstSeg {
                     .unwrap_or_default()
             }
             "post-messages" => settings.post_messages = value.get().expect("type checked upstream"),
+            "inference-interval" => {
+                settings.inference_interval = value.get().expect("type checked upstream")
+            }
             other => unreachable!("no writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
@@ -715,6 +849,7 @@ impl ObjectImpl for InstSeg {
             "search-radius" => settings.search_radius.to_value(),
             "results-location" => settings.results_location.to_value(),
             "post-messages" => settings.post_messages.to_value(),
+            "inference-interval" => settings.inference_interval.to_value(),
             other => unreachable!("no readable property {other}"),
         }
     }
@@ -831,6 +966,8 @@ impl BaseTransformImpl for InstSeg {
             results,
             frame_index: 0,
             rle_scratch: Vec::new(),
+            last: None,
+            since_inference: 0,
         });
         Ok(())
     }
@@ -863,15 +1000,18 @@ impl BaseTransformImpl for InstSeg {
         state.geometry = Some(geometry);
         // New caps: the objects of the old stream are not those of the new one.
         state.segmenter.reset();
+        state.last = None;
         Ok(())
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
         match event.view() {
             gst::EventView::FlushStop(_) => {
+                *self.earliest_time.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if let Some(state) = self.lock_state().as_mut() {
                     gst::debug!(CAT, imp = self, "Flush: forgetting all tracks");
                     state.segmenter.reset();
+                    state.last = None;
                 }
             }
             gst::EventView::Eos(_) => {
@@ -890,16 +1030,61 @@ impl BaseTransformImpl for InstSeg {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
             return Err(gst::FlowError::NotNegotiated);
         };
-        // Post-processing properties can change in PLAYING: take them up frame by frame.
-        self.lock_settings()
-            .update_params(state.model.contract(), &mut state.params);
-        let times = self.process(state, buf)?;
+        let interval = {
+            // Post-processing properties can change in PLAYING: take them up frame by frame.
+            let settings = self.lock_settings();
+            settings.update_params(state.model.contract(), &mut state.params);
+            settings.inference_interval
+        };
+        // Between inferences, and on frames downstream will get late anyway, repeat the last
+        // result instead of running the network: every buffer still gets a result.
+        let skip =
+            state.last.is_some() && (state.since_inference + 1 < interval || self.is_late(buf));
+        let mut times = [0; 3];
+        if skip {
+            state.since_inference += 1;
+            gst::trace!(
+                CAT,
+                imp = self,
+                "Carrying the last result to {:?}",
+                buf.pts()
+            );
+        } else {
+            let (result, stage_times) = self.infer(state, buf)?;
+            state.last = Some(result);
+            state.since_inference = 0;
+            times = stage_times;
+        }
+        let publishing = Instant::now();
+        self.publish(state, buf, skip)?;
+        let metadata_ns = publishing.elapsed().as_nanos() as u64;
+
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.frames += 1;
+        if skip {
+            stats.carried += 1;
+        } else {
+            stats.inferred += 1;
+        }
         stats.preprocess_ns += times[0];
         stats.inference_ns += times[1];
         stats.postprocess_ns += times[2];
-        stats.metadata_ns += times[3];
+        stats.metadata_ns += metadata_ns;
         Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn src_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Qos(qos) = event.view() {
+            let (_, _, diff, timestamp) = qos.get();
+            // As GstBaseTransform computes it: late buffers end before timestamp + 2 diff.
+            let earliest = timestamp.map(|timestamp| {
+                if diff > 0 {
+                    timestamp + gst::ClockTime::from_nseconds(2 * diff as u64)
+                } else {
+                    timestamp.saturating_sub(gst::ClockTime::from_nseconds(diff.unsigned_abs()))
+                }
+            });
+            *self.earliest_time.lock().unwrap_or_else(|p| p.into_inner()) = earliest;
+        }
+        self.parent_src_event(event)
     }
 }
