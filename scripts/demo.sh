@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds everything and runs the main job: a real GStreamer pipeline through instseg with the
-# model embedded in the plugin, printing every frame's instances (ids stay with the objects).
+# Builds everything and runs the main job: renders a clip of moving shapes, runs it through
+# instseg (the model embedded in the plugin) with the overlay, writes a video file and a PNG
+# contact sheet, and prints every frame's instances (ids stay with the objects) and the fps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 . .venv/bin/activate
-cargo build --quiet --release --lib --example print_instances
-echo "== instseg on moving shapes (GST_PLUGIN_PATH=$PWD/target/release gst-inspect-1.0 instseg for the properties)"
-target/release/examples/print_instances "$@"
+cargo build --quiet --release --lib --example demo
+echo "== instseg on a clip of moving shapes, overlay drawn into the frames"
+target/release/examples/demo "${1:-target/demo}"
+echo "(GST_PLUGIN_PATH=$PWD/target/release gst-inspect-1.0 instseg lists the element's properties)"

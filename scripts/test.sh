@@ -12,4 +12,6 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo build --locked --all-targets
 cargo test --locked
+# The Rust example an application would start from (the Python one and the demo run in pytest).
+target/debug/examples/print_instances | tail -n 3
 python -m pytest -q tests/python training/tests

@@ -13,11 +13,12 @@ use gst::glib;
 mod instseg;
 pub mod meta;
 pub mod model;
+pub mod overlay;
 pub mod preprocess;
 pub mod results;
 pub mod segment;
 
-pub use instseg::ExecutionProvider;
+pub use instseg::{ExecutionProvider, Overlay};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     meta::register();

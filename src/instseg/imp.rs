@@ -12,9 +12,10 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::ExecutionProvider;
+use super::{ExecutionProvider, Overlay};
 use crate::meta;
 use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
+use crate::overlay::{self, OverlayInstance, OverlayStyle};
 use crate::preprocess::{
     Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
     YuvMatrix,
@@ -54,6 +55,10 @@ const DEFAULT_MATCH_SIMILARITY: f64 = 0.5;
 const DEFAULT_SEARCH_RADIUS: i32 = -1;
 const DEFAULT_RESULTS_LOCATION: &str = "";
 const DEFAULT_INFERENCE_INTERVAL: u32 = 1;
+const DEFAULT_OVERLAY: Overlay = Overlay::Auto;
+const DEFAULT_OVERLAY_ALPHA: f64 = 0.5;
+const DEFAULT_DRAW_BOXES: bool = true;
+const DEFAULT_DRAW_LABELS: bool = true;
 const DEFAULT_POST_MESSAGES: bool = false;
 
 #[derive(Debug, Clone)]
@@ -73,6 +78,10 @@ struct Settings {
     results_location: String,
     post_messages: bool,
     inference_interval: u32,
+    overlay: Overlay,
+    overlay_alpha: f64,
+    draw_boxes: bool,
+    draw_labels: bool,
 }
 
 impl Default for Settings {
@@ -93,11 +102,38 @@ impl Default for Settings {
             results_location: DEFAULT_RESULTS_LOCATION.into(),
             post_messages: DEFAULT_POST_MESSAGES,
             inference_interval: DEFAULT_INFERENCE_INTERVAL,
+            overlay: DEFAULT_OVERLAY,
+            overlay_alpha: DEFAULT_OVERLAY_ALPHA,
+            draw_boxes: DEFAULT_DRAW_BOXES,
+            draw_labels: DEFAULT_DRAW_LABELS,
         }
     }
 }
 
+/// What `publish` draws, decided per frame from the settings and the negotiated geometry.
+#[derive(Debug, Clone, Copy)]
+enum Drawing {
+    Nothing,
+    Meta(OverlayStyle),
+    Blend(OverlayStyle),
+}
+
 impl Settings {
+    fn drawing(&self, downstream_composes: bool) -> Drawing {
+        let style = OverlayStyle {
+            alpha: self.overlay_alpha as f32,
+            draw_boxes: self.draw_boxes,
+            draw_labels: self.draw_labels,
+        };
+        match self.overlay {
+            Overlay::None => Drawing::Nothing,
+            Overlay::Meta => Drawing::Meta(style),
+            Overlay::Blend => Drawing::Blend(style),
+            Overlay::Auto if downstream_composes => Drawing::Meta(style),
+            Overlay::Auto => Drawing::Blend(style),
+        }
+    }
+
     /// The post-processing parameters: properties first, then the model's recommendations.
     fn update_params(&self, contract: &Contract, params: &mut Params) {
         params.seed_threshold = if self.seed_threshold >= 0.0 {
@@ -194,6 +230,8 @@ struct Geometry {
     /// The grid cells inside the placement (letterbox padding excluded): x, y, width, height.
     crop: (usize, usize, usize, usize),
     mask: MaskGeometry,
+    /// Downstream's allocation query lists GstVideoOverlayCompositionMeta (for `overlay=auto`).
+    downstream_composes: bool,
 }
 
 /// A JSON results entry, owned so that it can be written again for carried frames.
@@ -205,9 +243,20 @@ struct OwnedRecord {
     score: f64,
     bbox: [u32; 4],
     seed: [u32; 2],
+    /// What the overlay writes above the box: "label #track confidence".
+    text: String,
 }
 
 impl OwnedRecord {
+    fn overlay(&self) -> OverlayInstance<'_> {
+        OverlayInstance {
+            region: self.region,
+            track_id: self.track_id,
+            bbox: self.bbox,
+            text: &self.text,
+        }
+    }
+
     fn borrow(&self) -> InstanceRecord<'_> {
         InstanceRecord {
             region: self.region,
@@ -302,6 +351,7 @@ impl FrameResult {
                 .build();
             rois.push((label.clone(), bbox, param));
             records.push(OwnedRecord {
+                text: format!("{label} #{} {confidence:.2}", instance.track_id),
                 region: instance.region,
                 track_id: instance.track_id,
                 class_id: instance.class_id,
@@ -487,6 +537,7 @@ impl InstSeg {
         state: &mut State,
         buf: &mut gst::BufferRef,
         carried: bool,
+        drawing: Drawing,
     ) -> Result<(), gst::FlowError> {
         let State {
             last,
@@ -506,6 +557,18 @@ impl InstSeg {
                 (bbox[0], bbox[1], bbox[2], bbox[3]),
             );
             roi.add_param(param.clone());
+        }
+        match drawing {
+            Drawing::Nothing => (),
+            Drawing::Blend(style) => self.blend(buf, result, geometry, style)?,
+            Drawing::Meta(style) => compose(buf, result, geometry, style).map_err(|err| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Failed,
+                    ["Cannot attach the overlay: {err}"]
+                );
+                gst::FlowError::Error
+            })?,
         }
         let mut structure = result.structure.clone();
         structure.set("carried", carried);
@@ -557,6 +620,45 @@ impl InstSeg {
         Ok(())
     }
 
+    /// Draws the result into the frame (`overlay=blend`).
+    fn blend(
+        &self,
+        buf: &mut gst::BufferRef,
+        result: &FrameResult,
+        geometry: &Geometry,
+        style: OverlayStyle,
+    ) -> Result<(), gst::FlowError> {
+        let mask = result
+            .mask
+            .map_readable()
+            .map_err(|_| gst::FlowError::Error)?;
+        let instances: Vec<OverlayInstance> =
+            result.records.iter().map(OwnedRecord::overlay).collect();
+        let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &geometry.info)
+            .map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Write,
+                    ["Cannot map the frame to draw into it"]
+                );
+                gst::FlowError::Error
+            })?;
+        let mut strides = [0usize; 3];
+        for (stride, &frame_stride) in strides.iter_mut().zip(frame.plane_stride()) {
+            *stride = frame_stride as usize;
+        }
+        let [plane0, plane1, plane2, _] = frame.planes_data_mut();
+        let mut target = overlay::FrameMut {
+            format: geometry.format,
+            width: geometry.info.width() as usize,
+            height: geometry.info.height() as usize,
+            planes: [plane0, plane1, plane2],
+            strides,
+        };
+        overlay::blend(&mut target, &mask, &geometry.mask, &instances, style);
+        Ok(())
+    }
+
     /// Whether downstream's QoS says this buffer will be late anyway.
     fn is_late(&self, buf: &gst::BufferRef) -> bool {
         let Some(earliest) = *self.earliest_time.lock().unwrap_or_else(|p| p.into_inner()) else {
@@ -597,6 +699,95 @@ fn colorimetry(info: &gst_video::VideoInfo) -> Colorimetry {
         },
         full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
     }
+}
+
+/// An ARGB overlay rectangle (GStreamer's composition layout) rendered at `render`.
+fn overlay_rectangle(
+    pixels: Vec<u8>,
+    width: u32,
+    height: u32,
+    render: (i32, i32, u32, u32),
+) -> Result<gst_video::VideoOverlayRectangle, glib::BoolError> {
+    let format = if cfg!(target_endian = "little") {
+        gst_video::VideoFormat::Bgra
+    } else {
+        gst_video::VideoFormat::Argb
+    };
+    let mut buffer = gst::Buffer::from_mut_slice(pixels);
+    let buffer_ref = buffer
+        .get_mut()
+        .ok_or_else(|| glib::bool_error!("a new buffer is writable"))?;
+    gst_video::VideoMeta::add(
+        buffer_ref,
+        gst_video::VideoFrameFlags::empty(),
+        format,
+        width,
+        height,
+    )?;
+    Ok(gst_video::VideoOverlayRectangle::new_raw(
+        &buffer,
+        render.0,
+        render.1,
+        render.2,
+        render.3,
+        gst_video::VideoOverlayFormatFlags::empty(),
+    ))
+}
+
+/// Attaches the result as a GstVideoOverlayCompositionMeta (`overlay=meta`): the label map in
+/// instance colours as one rectangle scaled onto the mask rectangle, box edges as one-colour
+/// rectangles, and the texts; the frame's pixels are left alone.
+fn compose(
+    buf: &mut gst::BufferRef,
+    result: &FrameResult,
+    geometry: &Geometry,
+    style: OverlayStyle,
+) -> Result<(), glib::BoolError> {
+    let mask = result
+        .mask
+        .map_readable()
+        .map_err(|_| glib::bool_error!("unreadable mask"))?;
+    let instances: Vec<OverlayInstance> = result.records.iter().map(OwnedRecord::overlay).collect();
+    let m = &geometry.mask;
+    let (width, height) = (m.grid_width as usize, m.grid_height as usize);
+    let mut rectangles = vec![overlay_rectangle(
+        overlay::mask_argb(&mask, width, height, &instances, style),
+        m.grid_width,
+        m.grid_height,
+        (
+            m.rect_x as i32,
+            m.rect_y as i32,
+            m.rect_width,
+            m.rect_height,
+        ),
+    )?];
+    for instance in &instances {
+        let [x, y, w, h] = instance.bbox;
+        if w == 0 || h == 0 {
+            continue;
+        }
+        if style.draw_boxes {
+            let [r, g, b] = overlay::track_colour(instance.track_id);
+            let argb = u32::from_be_bytes([255, r, g, b]).to_ne_bytes();
+            let (x, y) = (x as i32, y as i32);
+            let edges = [
+                (x, y, w, 2),
+                (x, y + h as i32 - 2, w, 2),
+                (x, y, 2, h),
+                (x + w as i32 - 2, y, 2, h),
+            ];
+            for edge in edges {
+                rectangles.push(overlay_rectangle(argb.to_vec(), 1, 1, edge)?);
+            }
+        }
+        if style.draw_labels {
+            let (pixels, w, h, x, y) = overlay::label_argb(instance, m.frame_width, m.frame_height);
+            rectangles.push(overlay_rectangle(pixels, w, h, (x, y, w, h))?);
+        }
+    }
+    let composition = gst_video::VideoOverlayComposition::new(&rectangles)?;
+    gst_video::VideoOverlayCompositionMeta::add(buf, &composition);
+    Ok(())
 }
 
 /// Places the model input on the frame and the label map back onto it.
@@ -643,6 +834,7 @@ fn geometry(info: gst_video::VideoInfo, contract: &Contract) -> Option<Geometry>
             frame_height,
         },
         info,
+        downstream_composes: false,
     })
 }
 
@@ -765,6 +957,31 @@ impl ObjectImpl for InstSeg {
                     .default_value(DEFAULT_INFERENCE_INTERVAL)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("overlay", DEFAULT_OVERLAY)
+                    .nick("Overlay")
+                    .blurb("Make the result visible: none, a composition meta, drawn into the frame, or auto (meta when downstream composes overlays, else blend)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("overlay-alpha")
+                    .nick("Overlay alpha")
+                    .blurb("Opacity of the mask fill (outlines are solid)")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_OVERLAY_ALPHA)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("draw-boxes")
+                    .nick("Draw boxes")
+                    .blurb("Draw each instance's bounding box")
+                    .default_value(DEFAULT_DRAW_BOXES)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("draw-labels")
+                    .nick("Draw labels")
+                    .blurb("Write \"label #track confidence\" above each box")
+                    .default_value(DEFAULT_DRAW_LABELS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Frames processed and mean milliseconds per stage")
@@ -813,6 +1030,10 @@ impl ObjectImpl for InstSeg {
             "inference-interval" => {
                 settings.inference_interval = value.get().expect("type checked upstream")
             }
+            "overlay" => settings.overlay = value.get().expect("type checked upstream"),
+            "overlay-alpha" => settings.overlay_alpha = value.get().expect("type checked upstream"),
+            "draw-boxes" => settings.draw_boxes = value.get().expect("type checked upstream"),
+            "draw-labels" => settings.draw_labels = value.get().expect("type checked upstream"),
             other => unreachable!("no writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
@@ -850,6 +1071,10 @@ impl ObjectImpl for InstSeg {
             "results-location" => settings.results_location.to_value(),
             "post-messages" => settings.post_messages.to_value(),
             "inference-interval" => settings.inference_interval.to_value(),
+            "overlay" => settings.overlay.to_value(),
+            "overlay-alpha" => settings.overlay_alpha.to_value(),
+            "draw-boxes" => settings.draw_boxes.to_value(),
+            "draw-labels" => settings.draw_labels.to_value(),
             other => unreachable!("no readable property {other}"),
         }
     }
@@ -980,22 +1205,30 @@ impl BaseTransformImpl for InstSeg {
         Ok(())
     }
 
-    fn set_caps(&self, incaps: &gst::Caps, _outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+    fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_video::VideoInfo::from_caps(incaps)
             .map_err(|_| gst::loggable_error!(CAT, "Invalid caps {incaps}"))?;
+        // As textoverlay does: ask downstream whether it composes overlays itself.
+        let mut query = gst::query::Allocation::new(Some(outcaps), false);
+        let downstream_composes = self.obj().src_pad().peer_query(&mut query)
+            && query
+                .find_allocation_meta::<gst_video::VideoOverlayCompositionMeta>()
+                .is_some();
         let mut state = self.lock_state();
         let state = state
             .as_mut()
             .ok_or_else(|| gst::loggable_error!(CAT, "Caps before start"))?;
-        let geometry = geometry(info, state.model.contract())
+        let mut geometry = geometry(info, state.model.contract())
             .ok_or_else(|| gst::loggable_error!(CAT, "Unsupported caps {incaps}"))?;
+        geometry.downstream_composes = downstream_composes;
         gst::debug!(
             CAT,
             imp = self,
-            "Caps {incaps}: picture at {:?} of the model input, label map {}x{}",
+            "Caps {incaps}: picture at {:?} of the model input, label map {}x{}, downstream composes overlays: {}",
             geometry.placement,
             geometry.mask.grid_width,
-            geometry.mask.grid_height
+            geometry.mask.grid_height,
+            geometry.downstream_composes,
         );
         state.geometry = Some(geometry);
         // New caps: the objects of the old stream are not those of the new one.
@@ -1030,11 +1263,15 @@ impl BaseTransformImpl for InstSeg {
             gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
             return Err(gst::FlowError::NotNegotiated);
         };
-        let interval = {
-            // Post-processing properties can change in PLAYING: take them up frame by frame.
+        let (interval, drawing) = {
+            // Properties can change in PLAYING: take them up frame by frame.
             let settings = self.lock_settings();
             settings.update_params(state.model.contract(), &mut state.params);
-            settings.inference_interval
+            let composes = state
+                .geometry
+                .as_ref()
+                .is_some_and(|g| g.downstream_composes);
+            (settings.inference_interval, settings.drawing(composes))
         };
         // Between inferences, and on frames downstream will get late anyway, repeat the last
         // result instead of running the network: every buffer still gets a result.
@@ -1056,7 +1293,7 @@ impl BaseTransformImpl for InstSeg {
             times = stage_times;
         }
         let publishing = Instant::now();
-        self.publish(state, buf, skip)?;
+        self.publish(state, buf, skip, drawing)?;
         let metadata_ns = publishing.elapsed().as_nanos() as u64;
 
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());

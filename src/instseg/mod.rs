@@ -22,6 +22,27 @@ pub enum ExecutionProvider {
     TensorRt = 3,
 }
 
+/// How the result is made visible.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstInstSegOverlay")]
+pub enum Overlay {
+    #[enum_value(name = "None: metadata only", nick = "none")]
+    None = 0,
+    #[enum_value(
+        name = "Auto: meta when downstream composes overlays, else blend",
+        nick = "auto"
+    )]
+    Auto = 1,
+    #[enum_value(
+        name = "Meta: a GstVideoOverlayCompositionMeta, pixels untouched",
+        nick = "meta"
+    )]
+    Meta = 2,
+    #[enum_value(name = "Blend: draw into the frame", nick = "blend")]
+    Blend = 3,
+}
+
 glib::wrapper! {
     pub struct InstSeg(ObjectSubclass<imp::InstSeg>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
 }

@@ -75,3 +75,36 @@ def test_json_masks_decode_to_the_label_map(outputs):
             expected = upsample(frame, instance["region"], line["width"], line["height"])
             assert decoded.shape == (line["height"], line["width"])
             np.testing.assert_array_equal(decoded, expected)
+
+
+def test_python_example_prints_instances(tmp_path):
+    subprocess.run(["cargo", "build", "--quiet", "--lib"], cwd=REPO, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug"
+    env = dict(os.environ, GST_PLUGIN_PATH=str(target), GST_REGISTRY=str(tmp_path / "registry.bin"))
+    done = subprocess.run([SYSTEM_PYTHON, str(REPO / "examples/print_instances.py")], check=True,
+                          env=env, capture_output=True, text=True)
+    frames = [line for line in done.stdout.splitlines() if line.startswith("frame at")]
+    assert len(frames) == 30
+    assert " red " in done.stdout
+
+
+def test_demo_contact_sheet_shows_masks_where_the_shapes_are(tmp_path):
+    """Screenshot-style: the demo's contact sheet has tinted masks on the shapes of frame 0
+    (top-left tile) and untouched black background away from them."""
+    image = pytest.importorskip("PIL.Image")
+    subprocess.run(["cargo", "build", "--quiet", "--example", "demo"], cwd=REPO, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug"
+    done = subprocess.run([str(target / "examples/demo"), str(tmp_path)], check=True,
+                          capture_output=True, text=True)
+    assert "60 frames" in done.stdout and (tmp_path / "instseg-demo.avi").stat().st_size > 10_000
+    sheet = np.asarray(image.open(tmp_path / "instseg-contact-sheet.png").convert("RGB")).astype(int)
+    assert sheet.shape == (480, 640, 3)
+    # Frame 0 of examples/demo.rs: shapes of tests/common/element.rs on 320x240.
+    centres = {"red square": (89, 66), "green disc": (230, 67), "blue bar": (160, 180)}
+    pure = {"red square": (255, 0, 0), "green disc": (0, 255, 0), "blue bar": (0, 0, 255)}
+    for name, (x, y) in centres.items():
+        pixel = sheet[y, x]
+        assert pixel.max() > 60, f"{name}: {pixel} is dark"
+        assert np.abs(pixel - pure[name]).max() > 30, f"{name}: {pixel} is not tinted"
+    for x, y in [(300, 230), (5, 230), (310, 130)]:
+        assert sheet[y, x].max() < 10, f"background at ({x}, {y}): {sheet[y, x]}"
