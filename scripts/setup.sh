@@ -39,9 +39,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, onnx, onnxruntime, pytest, pycocotools, PIL, instseg_train" 2>/dev/null; then
+if ! .venv/bin/python -c "import numpy, onnx, onnxruntime, pytest, pycocotools, PIL, torch, instseg_train" 2>/dev/null; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q numpy pytest onnx onnxruntime pycocotools pillow
-  .venv/bin/pip install -q -e training
+  # PyTorch for the training toolkit (no CPU-only wheel on the registries: about 5 GB).
+  .venv/bin/pip install -q torch
+  .venv/bin/pip install -q -e "training[train,test]"
 fi

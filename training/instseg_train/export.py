@@ -1,0 +1,113 @@
+"""Export of an InstSegNet to one ONNX file following "instseg contract 1" (SPEC.md section 1)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import numpy as np
+import onnx
+import torch
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+def _floats(values) -> str:
+    return ",".join(f"{float(v):g}" for v in values)
+
+
+def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=None,
+                      seed_threshold=None, min_area=None, extra_metadata=None) -> dict[str, str]:
+    """The instseg.* metadata_props of SPEC.md section 1 (input_size is (height, width))."""
+    thresholds = tuple(thresholds if thresholds is not None else model.thresholds)
+    labels = list(labels if labels is not None else [f"class{i}" for i in range(1, model.num_classes + 1)])
+    if len(thresholds) != len(model.thresholds) or list(thresholds) != sorted(thresholds):
+        raise ValueError(f"need {len(model.thresholds)} ascending thresholds, got {thresholds}")
+    if len(labels) != model.num_classes or any("," in label for label in labels):
+        raise ValueError(f"need {model.num_classes} labels without commas, got {labels}")
+    height, width = input_size
+    meta = {
+        "instseg.contract": "1",
+        "instseg.thresholds": _floats(thresholds),
+        "instseg.labels": ",".join(labels),
+        "instseg.mean": _floats(model.mean),
+        "instseg.std": _floats(model.std),
+        "instseg.input-size": f"{width}x{height}",
+        "instseg.resize": "letterbox",
+    }
+    for key, value in (("alpha", alpha), ("seed-threshold", seed_threshold), ("min-area", min_area)):
+        if value is not None:
+            meta[f"instseg.{key}"] = f"{value:g}" if isinstance(value, float) else str(value)
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+    return meta
+
+
+def export_onnx(model, path, input_size=(256, 256), labels=None, thresholds=None, extra_metadata=None,
+                dynamic: bool = False, alpha=None, seed_threshold=None, min_area=None) -> dict[str, str]:
+    """Writes `model` (in eval mode, batch norms folded) to `path`: opset 17, input `image`
+    [1, 3, H, W] (H, W fixed to input_size = (height, width), or dynamic), outputs `embedding`
+    and `classes`, instseg.* metadata_props, one self-contained file of at most 4 MB.
+    Returns the metadata written."""
+    meta = contract_metadata(model, input_size, labels, thresholds, alpha, seed_threshold, min_area, extra_metadata)
+    was_training = model.training
+    model.eval()
+    kwargs = {}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript exporter: stable names, folds batch norms
+    if dynamic:
+        kwargs["dynamic_axes"] = {
+            "image": {2: "height", 3: "width"},
+            "embedding": {2: "out_height", 3: "out_width"},
+            "classes": {3: "out_height", 4: "out_width"},
+        }
+    try:
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, *input_size),), str(path), opset_version=17,
+            input_names=["image"], output_names=["embedding", "classes"], do_constant_folding=True, **kwargs,
+        )
+    finally:
+        model.train(was_training)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path), save_as_external_data=False)
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, over the {MAX_FILE_BYTES} byte budget")
+    return meta
+
+
+def check_export(model, path, trials: int = 3, atol: float = 1e-4, seed: int = 0) -> None:
+    """Runs the ONNX file with onnxruntime (CPU) on random normal inputs and asserts both
+    outputs match the PyTorch model (eval mode) within atol. Dynamic H/W files are also tried
+    at a second size."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["embedding", "classes"], names
+    sizes = [tuple(shape[2:])]
+    if not all(isinstance(s, int) for s in shape[2:]):
+        width, height = map(int, dict((p.key, p.value) for p in onnx.load(str(path)).metadata_props)
+                            .get("instseg.input-size", "256x256").split("x"))
+        sizes = [(height, width), (max(16, height // 32 * 16), width + 32)]  # multiples of 16
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        for size in sizes:
+            for _ in range(trials):
+                image = rng.standard_normal((1, 3, *size)).astype(np.float32)
+                got = session.run(names, {session.get_inputs()[0].name: image})
+                with torch.no_grad():
+                    want = [t.numpy() for t in model(torch.from_numpy(image))]
+                for name, g, w in zip(names, got, want):
+                    assert g.shape == w.shape, f"{name}: onnx {g.shape} vs torch {w.shape}"
+                    err = float(np.abs(g - w).max())
+                    assert err <= atol, f"{name}: max |onnx - torch| = {err:g} > {atol:g} at {size}"
+    finally:
+        model.train(was_training)

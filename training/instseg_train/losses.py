@@ -1,0 +1,183 @@
+"""The losses of Fathi et al. 2017 ("Semantic Instance Segmentation via Deep Metric Learning").
+
+All functions work on the output grid: `instance_ids` [h, w] (or [N, h, w]) holds integer
+instance ids at the resolution of the network outputs (see `downsample_ids`), 0 being the
+background, which counts as one more segment. `instance_classes` maps an instance id to its
+class in 1..C: a 1-D integer tensor/sequence indexed by id, or a dict {id: class}; for a batch,
+a list of those, one per image.
+
+Notation: sigma(p, q) = 2 / (1 + exp(d)), d = ||e_p - e_q||^2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+LOG2 = math.log(2.0)
+MIN_DISTANCE = 1e-6  # d is clamped to this in the different-segment term (see pair_losses)
+MIN_PROBABILITY = 1e-8  # probabilities are clamped to this before the log
+
+
+@dataclass
+class PixelSample:
+    """K sampled pixels per segment of one image."""
+
+    index: torch.Tensor  # [M] flat (row-major) pixel indices, M = K * S
+    segment: torch.Tensor  # [M] index into `ids` of each sampled pixel's segment
+    ids: torch.Tensor  # [S] the segment (instance) ids present, ascending (0 = background)
+    sizes: torch.Tensor  # [S] pixel count of each segment
+
+
+def downsample_ids(instance_ids: torch.Tensor, stride: int) -> torch.Tensor:
+    """Nearest-neighbour [.., H, W] -> [.., H/stride, W/stride] (centre pixel of each cell)."""
+    return instance_ids[..., stride // 2 :: stride, stride // 2 :: stride]
+
+
+def sample_pixels(instance_ids: torch.Tensor, k: int = 10, generator=None) -> PixelSample:
+    """Samples K pixels per segment: without replacement, or with replacement when the segment
+    has fewer than K pixels. Uses `generator` (a CPU torch.Generator) for reproducibility."""
+    flat = instance_ids.reshape(-1)
+    ids, inverse, sizes = torch.unique(flat, return_inverse=True, return_counts=True)
+    index, segment = [], []
+    for s, n in enumerate(sizes.tolist()):
+        members = torch.nonzero(inverse == s).squeeze(1)
+        if n >= k:
+            pick = torch.randperm(n, generator=generator)[:k]
+        else:
+            pick = torch.randint(n, (k,), generator=generator)
+        index.append(members[pick.to(members.device)])
+        segment.append(torch.full((k,), s, dtype=torch.long, device=flat.device))
+    return PixelSample(torch.cat(index), torch.cat(segment), ids, sizes)
+
+
+def pair_weights(sample: PixelSample) -> torch.Tensor:
+    """[M, M] weights w_pq proportional to 1 / (|S(p)| * |S(q)|), the sizes of the instances of
+    p and q; zero on the diagonal (no self-pairs); normalised to sum to 1."""
+    n = sample.sizes.to(torch.float64)[sample.segment]
+    w = 1.0 / (n[:, None] * n[None, :])
+    w.fill_diagonal_(0.0)
+    return w / w.sum()
+
+
+def pair_losses(d: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """Logistic loss -[y log sigma + (1 - y) log(1 - sigma)] with sigma = 2 / (1 + e^d), stably:
+    y = 1: -log sigma       = softplus(d) - log 2
+    y = 0: -log(1 - sigma)  = softplus(-d) - log(-expm1(-d))   (1 - sigma = tanh(d / 2))
+    The y = 0 term is +inf at d = 0, so d is clamped to >= MIN_DISTANCE there (loss ~14.5,
+    gradient 0 below the clamp)."""
+    positive = F.softplus(d) - LOG2
+    dc = d.clamp_min(MIN_DISTANCE)
+    negative = F.softplus(-dc) - torch.log(-torch.expm1(-dc))
+    return torch.where(same, positive, negative)
+
+
+def _embedding_loss_one(embedding: torch.Tensor, sample: PixelSample) -> torch.Tensor:
+    e = embedding.reshape(embedding.shape[0], -1)[:, sample.index].t()  # [M, D]
+    d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)  # [M, M]
+    same = sample.segment[:, None] == sample.segment[None, :]
+    weights = pair_weights(sample).to(d.dtype)
+    return (weights * pair_losses(d, same)).sum()
+
+
+def _class_table(instance_classes, device) -> torch.Tensor:
+    if isinstance(instance_classes, dict):
+        table = torch.zeros(max(instance_classes, default=0) + 1, dtype=torch.long)
+        for key, value in instance_classes.items():
+            table[key] = value
+        instance_classes = table
+    return torch.as_tensor(instance_classes, dtype=torch.long).to(device)
+
+
+@torch.no_grad()
+def classification_targets(
+    embedding: torch.Tensor, instance_ids: torch.Tensor, instance_classes, thresholds, sample: PixelSample
+) -> torch.Tensor:
+    """[T, M] target class of each sampled pixel p at each threshold tau_t: the class of p's
+    instance if IoU(m(p, tau_t), ground-truth mask of p's instance) >= 0.5, else 0, with
+    m(p, tau) = {q : d(p, q) <= ln(2 / tau - 1)} (as in postprocess.py: float32 distances
+    summed channel by channel, compared in float64). Background pixels always get 0."""
+    e = embedding.detach().reshape(embedding.shape[0], -1).float()  # [D, P]
+    seeds = e[:, sample.index]  # [D, M]
+    d = torch.zeros(seeds.shape[1], e.shape[1], device=e.device)  # [M, P]
+    for channel, seed in zip(e, seeds):
+        d += (channel[None, :] - seed[:, None]) ** 2
+    limits = torch.tensor([math.log(2.0 / t - 1.0) for t in thresholds], dtype=torch.float64, device=e.device)
+    masks = d.double()[None] <= limits[:, None, None]  # [T, M, P]
+    seed_ids = sample.ids[sample.segment]  # [M]
+    truth = instance_ids.reshape(-1)[None, :] == seed_ids[:, None]  # [M, P]
+    inter = (masks & truth[None]).sum(-1)
+    union = masks.sum(-1) + truth.sum(-1)[None] - inter
+    good = (2 * inter >= union) & (seed_ids != 0)[None]  # IoU >= 0.5, exactly
+    wanted = _class_table(instance_classes, e.device)[seed_ids]  # [M]
+    return torch.where(good, wanted[None], torch.zeros_like(wanted)[None])
+
+
+def _classification_loss_one(embedding, classes, instance_ids, instance_classes, thresholds, sample):
+    target = classification_targets(embedding, instance_ids, instance_classes, thresholds, sample)  # [T, M]
+    t, c1 = classes.shape[:2]
+    probs = classes.reshape(t, c1, -1)[:, :, sample.index]  # [T, C+1, M]
+    log_probs = torch.log(probs.clamp_min(MIN_PROBABILITY))
+    return -log_probs.gather(1, target[:, None, :]).mean()
+
+
+def _batched(fn, embedding, *per_image):
+    """Applies fn per image when embedding is [N, D, h, w] and averages; else calls it once."""
+    if embedding.dim() == 3:
+        return fn(embedding, *per_image)
+    losses = [fn(embedding[i], *(arg[i] for arg in per_image)) for i in range(embedding.shape[0])]
+    return torch.stack(losses).mean()
+
+
+def embedding_loss(embedding, instance_ids, k: int = 10, generator=None) -> torch.Tensor:
+    """L_e: embedding [D, h, w] (or [N, D, h, w]), instance_ids [h, w] (or [N, h, w]).
+    L_e = sum over sampled pairs p != q of w_pq * -[y log sigma + (1 - y) log(1 - sigma)]."""
+
+    def one(emb, ids):
+        return _embedding_loss_one(emb, sample_pixels(ids, k, generator))
+
+    return _batched(one, embedding, instance_ids)
+
+
+def classification_loss(
+    embedding, classes, instance_ids, instance_classes, thresholds, k: int = 10, generator=None
+) -> torch.Tensor:
+    """L_cls: mean over thresholds t and sampled pixels p of -log C^t_{p, target(t, p)};
+    classes [T, C+1, h, w] (or [N, T, C+1, h, w]), already softmaxed over C+1."""
+
+    def one(emb, cls, ids, table):
+        sample = sample_pixels(ids, k, generator)
+        return _classification_loss_one(emb, cls, ids, table, thresholds, sample)
+
+    return _batched(one, embedding, classes, instance_ids, instance_classes)
+
+
+def classification_weight(step: int, ramp_steps: int, final: float = 0.2) -> float:
+    """lambda: linear ramp from 0 at step 0 to `final` at `ramp_steps`, constant after."""
+    if ramp_steps <= 0:
+        return final
+    return final * min(max(step, 0) / ramp_steps, 1.0)
+
+
+def total_loss(
+    embedding, classes, instance_ids, instance_classes, thresholds, step: int, ramp_steps: int,
+    k: int = 10, generator=None, final_weight: float = 0.2,
+):
+    """L = L_e + lambda(step) * L_cls, both on the same pixel sample of each image.
+    Returns (L, {"embedding": L_e, "classification": L_cls, "lambda": lambda}) (parts detached)."""
+    lam = classification_weight(step, ramp_steps, final_weight)
+    parts = []
+
+    def one(emb, cls, ids, table):
+        sample = sample_pixels(ids, k, generator)
+        le = _embedding_loss_one(emb, sample)
+        lc = _classification_loss_one(emb, cls, ids, table, thresholds, sample)
+        parts.append((le.detach(), lc.detach()))
+        return le + lam * lc
+
+    loss = _batched(one, embedding, classes, instance_ids, instance_classes)
+    le, lc = (torch.stack(p).mean() for p in zip(*parts))
+    return loss, {"embedding": le, "classification": lc, "lambda": lam}

@@ -1,0 +1,106 @@
+"""The instseg network (Fathi et al. 2017): a small fully convolutional encoder-decoder.
+
+Input: the normalised image (pixel / 255 - mean) / std, [N, 3, H, W] (H, W multiples of 16).
+Outputs (SPEC.md section 1), at output stride 4:
+- embedding: [N, D, H/4, W/4], the per-pixel embedding e_p (unconstrained);
+- classes:   [N, T, C+1, H/4, W/4], C^t_pc softmaxed over the C+1 axis (0 = background).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """3x3 convolution, batch norm (folded into the convolution at ONNX export), ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class InstSegNet(nn.Module):
+    """Encoder of 4 stride-2 stages (w, 2w, 4w, 6w channels: 16..96 for width 16), a
+    U-Net-like decoder with skip connections back to stride 4, and two 1x1 heads."""
+
+    def __init__(
+        self,
+        embedding_dim: int = 8,
+        thresholds=(0.25, 0.5, 0.75, 0.9),
+        num_classes: int = 4,
+        width: int = 16,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.num_classes = num_classes
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        c1, c2, c3, c4 = width, 2 * width, 4 * width, 6 * width
+        self.stage1 = nn.Sequential(conv_bn(3, c1, 2), conv_bn(c1, c1))  # stride 2
+        self.stage2 = nn.Sequential(conv_bn(c1, c2, 2), conv_bn(c2, c2))  # stride 4
+        self.stage3 = nn.Sequential(conv_bn(c2, c3, 2), conv_bn(c3, c3))  # stride 8
+        self.stage4 = nn.Sequential(  # stride 16; dilated convs widen the receptive field
+            conv_bn(c3, c4, 2), conv_bn(c4, c4), conv_bn(c4, c4, dilation=2), conv_bn(c4, c4, dilation=4)
+        )
+        self.up3 = conv_bn(c4 + c3, c3)  # stride 8
+        self.up2 = conv_bn(c3 + c2, 3 * width)  # stride 4
+        self.neck = conv_bn(3 * width, 3 * width)
+        self.embedding_head = nn.Conv2d(3 * width, embedding_dim, 1)
+        self.class_head = nn.Conv2d(3 * width, len(self.thresholds) * (num_classes + 1), 1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x2 = self.stage2(self.stage1(image))
+        x3 = self.stage3(x2)
+        x4 = self.stage4(x3)
+        y = self.up3(torch.cat([F.interpolate(x4, size=x3.shape[-2:], mode="nearest"), x3], 1))
+        y = self.up2(torch.cat([F.interpolate(y, size=x2.shape[-2:], mode="nearest"), x2], 1))
+        y = self.neck(y)
+        embedding = self.embedding_head(y)
+        logits = self.class_head(y)
+        n, _, h, w = logits.shape
+        logits = logits.reshape(n, len(self.thresholds), self.num_classes + 1, h, w)
+        return embedding, torch.softmax(logits, dim=2)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or 0..255 float RGB [N, 3, H, W] -> the network input."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+
+def count_flops(model: nn.Module, size=(256, 256)) -> int:
+    """FLOPs of one forward pass on one [1, 3, H, W] frame: 2 x the multiply-adds of every
+    convolution (counted with forward hooks); norms, activations, resizes are not counted."""
+    total = 0
+
+    def hook(module: nn.Conv2d, _inputs, output):
+        nonlocal total
+        kh, kw = module.kernel_size
+        macs = output.numel() * (module.in_channels // module.groups) * kh * kw
+        total += 2 * macs
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Size of the weights (parameters and buffers) stored as float32."""
+    return 4 * sum(t.numel() for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point())

@@ -1,0 +1,156 @@
+"""COCO writing, dataset generation and the CocoInstances loader."""
+
+import filecmp
+import json
+import os
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from instseg_train.coco import CocoInstances, generate_dataset, main, write_coco
+from instseg_train.shapes import render_clip, render_scene
+
+SIZE = (48, 64)
+
+
+def test_write_and_load_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    scenes = [render_scene(rng, size=SIZE) for _ in range(3)]
+    clip = render_clip(rng, frames=4, size=SIZE)
+    path = write_coco(str(tmp_path), "mix", scenes + [clip])
+    coco = COCO(path)
+    frames = scenes + [f[:3] for f in clip]
+    assert len(coco.imgs) == 7
+    ds = CocoInstances(str(tmp_path / "mix"), path)
+    for idx, (image, masks, classes) in enumerate(frames):
+        info = coco.imgs[idx + 1]
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
+        decoded = np.stack([coco.annToMask(a).astype(bool) for a in anns])
+        np.testing.assert_array_equal(decoded, masks)
+        assert [a["category_id"] for a in anns] == classes.tolist()
+        for a, m in zip(anns, masks):
+            assert a["area"] == m.sum() and a["iscrowd"] == 0
+            x, y, w, h = a["bbox"]
+            ys, xs = np.nonzero(m)
+            assert (x, y, w, h) == (xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1)
+        img, ids, cls = ds[idx]
+        assert img.shape == (3,) + SIZE and img.dtype.is_floating_point
+        assert float(img.min()) >= 0 and float(img.max()) <= 1
+        np.testing.assert_array_equal((img.numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0), image)
+        expected = (masks * np.arange(1, len(masks) + 1)[:, None, None]).sum(0)
+        np.testing.assert_array_equal(ids.numpy(), expected)
+        np.testing.assert_array_equal(cls.numpy(), classes)
+    # clip fields
+    for f, (_, _, _, tracks) in enumerate(clip):
+        info = coco.imgs[4 + f]
+        assert info["video_id"] == 1 and info["frame_index"] == f
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
+        assert [a["track_id"] for a in anns] == tracks.tolist()
+    assert all("track_id" not in a for a in coco.loadAnns(coco.getAnnIds(imgIds=[1, 2, 3])))
+
+
+def test_generate_dataset_reproducible(tmp_path):
+    kw = dict(train=3, val=2, test=1, clips=1, size=SIZE, frames=3)
+    a = generate_dataset(str(tmp_path / "a"), seed=7, **kw)
+    b = generate_dataset(str(tmp_path / "b"), seed=7, workers=2, **kw)
+    c = generate_dataset(str(tmp_path / "c"), seed=8, **kw)
+    assert set(a) == {"train", "val", "test", "clips"}
+    for split in a:
+        assert filecmp.cmp(a[split], b[split], shallow=False)
+        names = sorted(os.listdir(tmp_path / "a" / split))
+        assert names == sorted(os.listdir(tmp_path / "b" / split))
+        for n in names:
+            assert filecmp.cmp(tmp_path / "a" / split / n, tmp_path / "b" / split / n, shallow=False)
+    assert not filecmp.cmp(a["train"], c["train"], shallow=False)
+    # splits come from different seeds
+    assert not filecmp.cmp(tmp_path / "a/train/000001.png", tmp_path / "a/val/000001.png", shallow=False)
+    assert len(json.load(open(a["clips"]))["images"]) == 3
+
+
+def test_cli(tmp_path, capsys):
+    main(["--out", str(tmp_path), "--seed", "1", "--train", "2", "--val", "1", "--test", "0",
+          "--clips", "0", "--size", "32", "32"])
+    assert "images/s" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "annotations")) == ["instances_train.json", "instances_val.json"]
+
+
+@pytest.fixture
+def hand_written(tmp_path):
+    """A 10x12 image with a polygon, an uncompressed RLE, a compressed RLE and a crowd region."""
+    from PIL import Image
+
+    h, w = 10, 12
+    Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(tmp_path / "a.png")
+    rle_mask = np.zeros((h, w), np.uint8)
+    rle_mask[6:9, 7:11] = 1
+    # uncompressed RLE: column-major run lengths starting with zeros
+    flat = rle_mask.flatten(order="F")
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v != cur:
+            runs.append(n)
+            cur, n = v, 0
+        n += 1
+    runs.append(n)
+    comp_mask = np.zeros((h, w), np.uint8)
+    comp_mask[0:2, 9:12] = 1
+    comp = mask_utils.encode(np.asfortranarray(comp_mask))
+    crowd = mask_utils.encode(np.asfortranarray(np.ones((h, w), np.uint8)))
+    data = {
+        "images": [{"id": 5, "file_name": "a.png", "height": h, "width": w}],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 10, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 5, "category_id": 10, "iscrowd": 0,
+             "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]], "area": 12, "bbox": [1, 1, 4, 3]},
+            {"id": 2, "image_id": 5, "category_id": 3, "iscrowd": 0,
+             "segmentation": {"size": [h, w], "counts": runs}, "area": 12, "bbox": [7, 6, 4, 3]},
+            {"id": 3, "image_id": 5, "category_id": 3, "iscrowd": 1,
+             "segmentation": {"size": [h, w], "counts": crowd["counts"].decode()}, "area": 120,
+             "bbox": [0, 0, 12, 10]},
+            {"id": 4, "image_id": 5, "category_id": 10, "iscrowd": 0,
+             "segmentation": {"size": [h, w], "counts": comp["counts"].decode()}, "area": 6,
+             "bbox": [9, 0, 3, 2]},
+        ],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    return tmp_path, path, rle_mask.astype(bool), comp_mask.astype(bool)
+
+
+def test_loader_reads_polygon_and_rle(hand_written):
+    root, path, rle_mask, comp_mask = hand_written
+    ds = CocoInstances(str(root), str(path))
+    assert len(ds) == 1 and ds.category_names == ["cat", "dog"]
+    img, ids, cls = ds[0]
+    ids = ids.numpy()
+    assert img.shape == (3, 10, 12) and abs(float(img[0, 0, 0]) - 100 / 255) < 1e-6
+    assert cls.tolist() == [2, 1, 2]  # dog, cat, dog; the crowd region is ignored
+    poly = ids == 1
+    assert poly[2:4, 2:5].all() and not poly[6:].any() and poly.sum() >= 12
+    np.testing.assert_array_equal(ids == 2, rle_mask)
+    np.testing.assert_array_equal(ids == 3, comp_mask)
+    assert ((ids == 0) == ~(poly | rle_mask | comp_mask)).all()
+
+
+def test_loader_resize_and_flip(hand_written):
+    root, path, rle_mask, _ = hand_written
+    ds = CocoInstances(str(root), str(path), size=(20, 40), resize="letterbox")
+    img, ids, cls = ds[0]
+    assert img.shape == (3, 20, 40) and ids.shape == (20, 40)
+    # 10x12 -> 20x24 centred in 40 columns: 8 padding columns each side
+    assert float(img[:, :, :8].abs().max()) == 0 and float(img[:, :, 32:].abs().max()) == 0
+    assert int(ids[:, :8].max()) == 0 and set(np.unique(ids.numpy())) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(ids.numpy()[:, 8:32] == 2, np.kron(rle_mask, np.ones((2, 2), bool)))
+    st = CocoInstances(str(root), str(path), size=(5, 24), resize="stretch")
+    _, ids_s, _ = st[0]
+    np.testing.assert_array_equal(ids_s.numpy() == 2, np.kron(rle_mask[1::2], np.ones((1, 2), bool)))
+    fl = CocoInstances(str(root), str(path), hflip=True)
+    plain = ds.load(0)[1]
+    seen = set()
+    for _ in range(30):
+        ids_f = fl[0][1].numpy()
+        seen.add("flip" if np.array_equal(ids_f, plain[:, ::-1]) else "same")
+        assert np.array_equal(ids_f, plain) or np.array_equal(ids_f, plain[:, ::-1])
+    assert seen == {"flip", "same"}

@@ -1,0 +1,157 @@
+"""Hand-computed cases of the Fathi et al. losses."""
+
+import math
+
+import pytest
+import torch
+
+from instseg_train.losses import (
+    classification_loss,
+    classification_targets,
+    classification_weight,
+    embedding_loss,
+    pair_losses,
+    pair_weights,
+    sample_pixels,
+    total_loss,
+)
+from instseg_train.model import InstSegNet
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def sigma(d):
+    return 2 / (1 + math.exp(d))
+
+
+def test_same_segment_at_distance_zero_costs_nothing():
+    embedding = torch.zeros(3, 1, 2)  # D=3, two pixels, identical embeddings
+    ids = torch.tensor([[5, 5]])
+    loss = embedding_loss(embedding, ids, k=2, generator=gen())
+    assert -math.log(sigma(0)) == 0
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_two_segments_exact_weighted_value():
+    # D=1. Background (id 0): 3 pixels at e=0. Instance 1: 2 pixels at e=1 and e=2. K=2.
+    # Sampled: two background pixels (both e=0, whichever they are) and both instance pixels.
+    embedding = torch.tensor([[[0.0, 0.0, 0.0, 1.0, 2.0]]])
+    ids = torch.tensor([[0, 0, 0, 1, 1]])
+    # Ordered pairs p != q of the 4 samples (12), raw weight 1 / (n_p * n_q):
+    #   bg-bg  : 2 pairs, d=0, y=1, loss -log sigma(0) = 0,           weight 1/(3*3)
+    #   b1-b2  : 2 pairs, d=1, y=1, loss -log sigma(1),                weight 1/(2*2)
+    #   bg-b1  : 4 pairs, d=1, y=0, loss -log(1 - sigma(1)),           weight 1/(3*2)
+    #   bg-b2  : 4 pairs, d=4, y=0, loss -log(1 - sigma(4)),           weight 1/(3*2)
+    total_weight = 2 / 9 + 2 / 4 + 4 / 6 + 4 / 6  # = 37/18
+    assert total_weight == pytest.approx(37 / 18)
+    expected = (
+        2 / 4 * -math.log(sigma(1)) + 4 / 6 * -math.log(1 - sigma(1)) + 4 / 6 * -math.log(1 - sigma(4))
+    ) / total_weight  # = (0.5 * 0.620115 + 0.666667 * 0.771936 + 0.666667 * 0.036635) / 2.055556
+    assert expected == pytest.approx(0.413078, abs=1e-6)
+    for seed in range(5):
+        loss = embedding_loss(embedding, ids, k=2, generator=gen(seed))
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pair_weights_sum_to_one_and_are_inverse_to_sizes():
+    ids = torch.tensor([0] * 3 + [1] * 5 + [2] * 10).reshape(3, 6)
+    sample = sample_pixels(ids, k=4, generator=gen())
+    assert sample.sizes.tolist() == [3, 5, 10]
+    w = pair_weights(sample)
+    assert w.sum().item() == pytest.approx(1.0)
+    assert torch.all(w.diagonal() == 0)
+    n = sample.sizes.double()[sample.segment]
+    scaled = (w * n[:, None] * n[None, :])[~torch.eye(len(n), dtype=torch.bool)]
+    assert torch.allclose(scaled, scaled[0].expand_as(scaled))
+    # with replacement for the 3-pixel segment: still K=4 samples each, all from their segment
+    assert torch.bincount(sample.segment).tolist() == [4, 4, 4]
+    assert torch.equal(ids.reshape(-1)[sample.index], sample.ids[sample.segment])
+
+
+def test_numerically_stable_at_zero_and_huge_distances():
+    d = torch.tensor([0.0, 1e4, 0.0, 1e4])
+    same = torch.tensor([False, False, True, True])
+    losses = pair_losses(d, same)
+    assert torch.isfinite(losses).all()
+    assert losses[1].item() == pytest.approx(0.0, abs=1e-6)  # far apart, different: free
+    assert losses[2].item() == pytest.approx(0.0, abs=1e-6)  # together, same: free
+    assert losses[3].item() == pytest.approx(1e4 - math.log(2), rel=1e-6)
+    assert losses[0].item() == pytest.approx(-math.log(1 - sigma(1e-6)), rel=1e-4)  # clamped, ~14.5
+    # gradients through the embedding: two segments on the same point, a third 100 away (d = 1e4)
+    embedding = torch.tensor([[[0.0, 0.0, 0.0, 0.0, 100.0, 100.0]]], requires_grad=True)
+    ids = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    loss = embedding_loss(embedding, ids, k=2, generator=gen())
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(embedding.grad).all()
+
+
+def test_classification_target_is_the_class_when_clustered():
+    # background at e=0, instance 1 (class 3) at e=10, instance 2 (class 1) at e=20: IoU = 1
+    ids = torch.tensor([[0, 0, 1, 1, 1, 2, 2, 2]])
+    embedding = (ids.float() * 10)[None]
+    table = {1: 3, 2: 1}
+    thresholds = (0.25, 0.5, 0.75, 0.9)
+    sample = sample_pixels(ids, k=5, generator=gen())
+    target = classification_targets(embedding, ids, table, thresholds, sample)
+    want = torch.tensor([0, 3, 1])[sample.segment]
+    assert target.shape == (4, 15) and torch.equal(target, want.expand(4, -1))
+    classes = torch.full((4, 4, 1, 8), 0.25)  # uniform over C+1 = 4 classes
+    loss = classification_loss(embedding, classes, ids, table, thresholds, k=5, generator=gen())
+    assert loss.item() == pytest.approx(math.log(4), rel=1e-6)
+    classes = torch.zeros(4, 4, 1, 8)
+    classes[:, 0, :, :2] = classes[:, 3, :, 2:5] = classes[:, 1, :, 5:] = 1  # perfect
+    loss = classification_loss(embedding, classes, ids, table, thresholds, k=5, generator=gen())
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_classification_target_is_background_when_merged():
+    # instance 1 (2 px) and instance 2 (6 px) share one embedding: every mask is their union
+    # (8 px). IoU for instance 1 = 2/8 < 0.5 -> background; for instance 2 = 6/8 -> its class.
+    ids = torch.tensor([[0, 0, 1, 1, 2, 2, 2, 2, 2, 2]])
+    embedding = (ids > 0).float()[None] * 10
+    sample = sample_pixels(ids, k=3, generator=gen())
+    target = classification_targets(embedding, ids, torch.tensor([0, 4, 2]), (0.5, 0.9), sample)
+    assert torch.equal(target, torch.tensor([0, 0, 2])[sample.segment].expand(2, -1))
+
+
+def test_classification_target_depends_on_threshold():
+    # instance 1: 3 pixels at e = 0, 1, 2; background at e = 50. tau = 0.25: limit ln 7 = 1.95,
+    # masks {0, 1}, {0, 1, 2}, {1, 2}: IoU 2/3, 1, 2/3 -> class. tau = 0.9: limit ln(11/9) = 0.2,
+    # each mask is its own pixel: IoU 1/3 -> background.
+    ids = torch.tensor([[0, 1, 1, 1]])
+    embedding = torch.tensor([[[50.0, 0.0, 1.0, 2.0]]])
+    sample = sample_pixels(ids, k=3, generator=gen())
+    target = classification_targets(embedding, ids, [0, 7], (0.25, 0.9), sample)
+    inst = sample.segment == 1
+    # tau=0.25: mask of e=1 covers all 3 (IoU 1); of e=0 or 2 covers 2 of 3 (IoU 2/3): class
+    assert torch.equal(target[0, inst], torch.full((3,), 7))
+    assert torch.equal(target[1, inst], torch.zeros(3, dtype=torch.long))
+    assert torch.all(target[:, ~inst] == 0)
+
+
+def test_lambda_ramp():
+    assert classification_weight(0, 1000) == 0.0
+    assert classification_weight(500, 1000) == pytest.approx(0.1)
+    assert classification_weight(1000, 1000) == pytest.approx(0.2)
+    assert classification_weight(5000, 1000) == pytest.approx(0.2)
+
+
+def test_total_loss_on_model_outputs_has_finite_gradients():
+    torch.manual_seed(0)
+    model = InstSegNet()
+    images = torch.randn(2, 3, 64, 64)
+    ids = torch.zeros(2, 16, 16, dtype=torch.long)
+    ids[0, 2:8, 2:8] = 1
+    ids[0, 10:14, 3:15] = 2
+    ids[1, 5:6, 5:7] = 1  # 2 px: sampled with replacement
+    tables = [torch.tensor([0, 1, 4]), {1: 2}]
+    embedding, classes = model(images)
+    loss, parts = total_loss(embedding, classes, ids, tables, model.thresholds, step=50, ramp_steps=100,
+                             generator=gen())
+    assert parts["lambda"] == pytest.approx(0.1)
+    assert loss.item() == pytest.approx(parts["embedding"].item() + 0.1 * parts["classification"].item(), rel=1e-5)
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
