@@ -3,7 +3,8 @@
 //! per second, the active execution provider and the element's per-stage `stats`.
 //!
 //! Usage: `run_pipeline [--provider auto|cpu|cuda|tensorrt] [--model FILE] [--size WxH]
-//! [--format RGB|NV12|...] [--frames N]`
+//! [--format RGB|NV12|...] [--frames N] [--overlay none|auto|meta|blend]` (overlay defaults to
+//! none: the benchmark measures the metadata path).
 
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut size = "640x480".to_string();
     let mut format = "RGB".to_string();
     let mut frames = 300u32;
+    let mut overlay = "none".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -24,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--size" => size = value,
             "--format" => format = value,
             "--frames" => frames = value.parse()?,
+            "--overlay" => overlay = value,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -34,7 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers={frames} pattern=ball background-color=0xff000000 \
          foreground-color=0xffff0000 ! video/x-raw,format={format},width={width},height={height} ! \
-         instseg name=seg execution-provider={provider} model-location=\"{model}\" ! fakesink sync=false"
+         instseg name=seg execution-provider={provider} overlay={overlay} model-location=\"{model}\" ! \
+         fakesink sync=false"
     ))?
     .downcast::<gst::Pipeline>()
     .map_err(|_| "not a pipeline")?;

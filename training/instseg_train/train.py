@@ -1,0 +1,98 @@
+"""Trains an instseg network (Fathi et al. 2017) on a COCO instance dataset and exports it to
+the element's model contract.
+
+    python -m instseg_train.train --data DIR --out model.onnx [--steps N --batch B --size H W]
+
+With ``--generate N`` a procedural shapes dataset of N training images is rendered into DIR
+first (``instseg_train.coco.generate_dataset``). Everything is seeded (``--seed``), so the
+same command gives the same model on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .coco import CocoInstances, generate_dataset
+from .export import check_export, export_onnx
+from .losses import downsample_ids, total_loss
+from .model import InstSegNet
+
+OUTPUT_STRIDE = 4
+
+
+def collate(batch):
+    """Images [B, 3, H, W] in 0..1 and id maps [B, H, W] stack; per-image class tables (index
+    = instance id, 0 = background) stay a list."""
+    images, ids, classes = zip(*batch)
+    tables = [torch.cat([torch.zeros(1, dtype=torch.long), c]) for c in classes]
+    return torch.stack(images), torch.stack(ids), tables
+
+
+def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
+          size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
+          k: int = 10, workers: int = 0, log_every: int = 50) -> InstSegNet:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    dataset = CocoInstances(os.path.join(data, "train"),
+                            os.path.join(data, "annotations", "instances_train.json"),
+                            size=tuple(size), hflip=True)
+    model = InstSegNet(embedding_dim=embedding_dim, num_classes=len(dataset.category_names))
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    shuffle = torch.Generator().manual_seed(seed)
+    sampling = torch.Generator().manual_seed(seed + 1)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=shuffle, drop_last=True,
+                        collate_fn=collate, num_workers=workers)
+    ramp = ramp_steps if ramp_steps is not None else max(1, steps // 2)
+    step, started = 0, time.perf_counter()
+    model.train()
+    while step < steps:
+        for images, ids, tables in loader:
+            embedding, classes = model(model.normalize(images * 255.0))
+            loss, parts = total_loss(embedding, classes, downsample_ids(ids, OUTPUT_STRIDE), tables,
+                                     model.thresholds, step, ramp, k=k, generator=sampling)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            step += 1
+            if step % log_every == 0 or step == steps:
+                print(f"step {step}/{steps} loss {loss.item():.4f} (embedding "
+                      f"{parts['embedding'].item():.4f}, classes {parts['classification'].item():.4f}, "
+                      f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.0f} s", flush=True)
+            if step == steps:
+                break
+    model.eval()
+    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names)
+    check_export(model, out)
+    return model
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="COCO dataset directory (train split used)")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--generate", type=int, default=0, help="render N shapes images into --data first")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument("--embedding-dim", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.generate:
+        generate_dataset(args.data, seed=args.seed, train=args.generate, val=0, test=0, clips=0,
+                         size=tuple(args.size))
+    train(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, size=args.size,
+          embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()
