@@ -3,6 +3,7 @@ loads in the real plugin and runs a pipeline."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -23,3 +24,26 @@ def test_train_export_and_run_in_the_plugin(tmp_path):
                            str(model), "--frames", "5", "--size", "160x120"],
                           check=True, capture_output=True, text=True)
     assert "5 frames" in done.stdout and "on cpu" in done.stdout, done.stdout
+
+
+def test_evaluation_scores_the_plugin_on_images_and_clips(tmp_path, monkeypatch, capsys):
+    from instseg_train.coco import generate_dataset
+    from instseg_train.evaluate import main as evaluate
+    from instseg_train.train import main as train
+
+    from core_cases import REPO
+
+    subprocess.run(["cargo", "build", "--quiet", "--lib"], cwd=REPO, check=True)
+    monkeypatch.setenv("GST_REGISTRY", str(tmp_path / "registry.bin"))
+    data = tmp_path / "data"
+    generate_dataset(str(data), seed=3, train=8, val=0, test=3, clips=1, size=(64, 64), frames=4)
+    model = tmp_path / "smoke.onnx"
+    train(["--data", str(data), "--out", str(model), "--steps", "2", "--batch", "4", "--size", "64", "64"])
+    capsys.readouterr()
+    evaluate(["--data", str(data), "--model", str(model), "--plugin-path", str(REPO / "target" / "debug")])
+    output = capsys.readouterr().out
+    report = json.loads(output[output.rindex("{\n"):])
+    for key in ("AP", "AP50", "AP75"):
+        assert -1.0 <= report[key] <= 1.0
+    assert report["id-switches-per-100 (tracking)"] >= 0.0
+    assert 0.0 <= report["tracks-keeping-one-id (no-tracking)"] <= 1.0
