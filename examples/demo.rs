@@ -106,21 +106,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let start = Instant::now();
+    // A failure to start is reported on the bus.
     let _ = pipeline.set_state(gst::State::Playing);
-    let bus = pipeline.bus().ok_or("no bus")?;
-    let message = bus
-        .iter_timed_filtered(
-            gst::ClockTime::NONE,
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .next();
+    let error = element::wait_for_end(&pipeline);
     let elapsed = start.elapsed().as_secs_f64();
     let stats = pipeline
         .by_name("seg")
         .map(|seg| seg.property::<gst::Structure>("stats"));
     pipeline.set_state(gst::State::Null)?;
-    if let Some(gst::MessageView::Error(err)) = message.as_ref().map(|m| m.view()) {
-        return Err(format!("{} ({:?})", err.error(), err.debug()).into());
+    if let Some(error) = error {
+        return Err(error.into());
     }
 
     let frames = sheet_frames.lock().expect("not poisoned");

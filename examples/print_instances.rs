@@ -8,6 +8,9 @@
 
 use gst::prelude::*;
 
+#[path = "../tests/common/element.rs"]
+mod element;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     gst::init()?;
     gstinstseg::plugin_register_static()?;
@@ -53,17 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A failure to start is reported on the bus, read below.
     let _ = pipeline.set_state(gst::State::Playing);
-    let bus = pipeline.bus().ok_or("no bus")?;
-    let message = bus
-        .iter_timed_filtered(
-            gst::ClockTime::NONE,
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .next();
-    let result = match message.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Error(err)) => Err(format!("{}", err.error()).into()),
-        _ => Ok(()),
-    };
+    let error = element::wait_for_end(&pipeline);
+    let result = error.map_or(Ok(()), |error| Err(error.into()));
     pipeline.set_state(gst::State::Null)?;
     result
 }

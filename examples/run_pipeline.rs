@@ -10,6 +10,9 @@ use std::time::Instant;
 
 use gst::prelude::*;
 
+#[path = "../tests/common/element.rs"]
+mod element;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut provider = "auto".to_string();
     let mut model = String::new();
@@ -45,20 +48,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     // A failure to start is reported on the bus, read below.
     let _ = pipeline.set_state(gst::State::Playing);
-    let bus = pipeline.bus().ok_or("no bus")?;
-    let message = bus
-        .iter_timed_filtered(
-            gst::ClockTime::NONE,
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .next();
+    let error = element::wait_for_end(&pipeline);
     let elapsed = start.elapsed().as_secs_f64();
     let segmenter = pipeline.by_name("seg").ok_or("no instseg")?;
     let provider = segmenter.property::<Option<String>>("active-execution-provider");
     let stats = segmenter.property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null)?;
-    if let Some(gst::MessageView::Error(err)) = message.as_ref().map(|m| m.view()) {
-        return Err(format!("{} ({:?})", err.error(), err.debug()).into());
+    if let Some(error) = error {
+        return Err(error.into());
     }
     println!(
         "{size} {format}: {frames} frames in {elapsed:.2} s = {:.1} fps on {}",

@@ -189,16 +189,7 @@ fn stats_and_active_provider_are_reported() {
     for _ in 0..3 {
         push_shapes(&mut h, 64, 64, &shapes(64, 64));
     }
-    let element = h
-        .element()
-        .and_then(|bin| bin.downcast::<gst::Bin>().ok())
-        .and_then(|bin| {
-            bin.iterate_elements()
-                .into_iter()
-                .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == "instseg"))
-        })
-        .expect("the element");
+    let element = instseg_of(&h);
     let stats = element.property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u64>("frames").unwrap(), 3);
     for field in [

@@ -232,11 +232,11 @@ pub fn best_ious(result: &MetaResult, shapes: &[Shape; 3], width: u32, height: u
     best
 }
 
-/// Runs `bus` until EOS or an error; returns the error text, if any.
-pub fn wait_for_end(pipeline: &gst::Element) -> Option<String> {
+/// Waits (up to ten minutes) for EOS or an error; returns the error text, if any.
+pub fn wait_for_end(pipeline: &impl IsA<gst::Element>) -> Option<String> {
     let bus = pipeline.bus().expect("a pipeline has a bus");
     let message = bus.timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
+        gst::ClockTime::from_seconds(600),
         &[gst::MessageType::Eos, gst::MessageType::Error],
     );
     match message.as_ref().map(|m| m.view()) {
