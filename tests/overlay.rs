@@ -211,3 +211,29 @@ fn overlay_none_changes_nothing() {
         output.map_readable().unwrap().as_slice()
     );
 }
+
+#[test]
+fn auto_attaches_the_meta_when_downstream_composes_overlays() {
+    init();
+    let (caps, input) = rgb_frame(96, 96, &shapes(96, 96));
+    let mut h = gst_check::Harness::new_parse(&format!(
+        "instseg model-location={}",
+        fixture("colour.onnx")
+    ));
+    // The harness's sink answers allocation queries as a composing video sink would.
+    h.add_propose_allocation_meta(gst_video::VideoOverlayCompositionMeta::meta_api(), None);
+    h.play();
+    h.set_src_caps(caps);
+    let output = h
+        .push_and_pull(input.copy_deep().unwrap())
+        .expect("processed");
+    assert!(
+        output
+            .meta::<gst_video::VideoOverlayCompositionMeta>()
+            .is_some()
+    );
+    assert_eq!(
+        input.map_readable().unwrap().as_slice(),
+        output.map_readable().unwrap().as_slice()
+    );
+}
