@@ -4,7 +4,7 @@
 # contact sheet, and prints every frame's instances (ids stay with the objects) and the fps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --runtime
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 . .venv/bin/activate
 cargo build --quiet --release --lib --example demo

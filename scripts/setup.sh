@@ -2,8 +2,11 @@
 # Installs what instseg needs to build and test, skipping what is already there:
 # Debian/Ubuntu packages (GStreamer, PyGObject), a Rust toolchain, and a local Python venv
 # (.venv) with ONNX Runtime, the training package and the test tools. Safe to re-run.
+# `--runtime` skips PyTorch (the training toolkit's 5 GB), for running the element only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+runtime_only=false
+[ "${1:-}" = "--runtime" ] && runtime_only=true
 
 packages=(
   build-essential pkg-config curl ca-certificates
@@ -39,11 +42,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import numpy, onnx, onnxruntime, pytest, pycocotools, PIL, torch, instseg_train" 2>/dev/null; then
+python_modules="numpy, onnx, onnxruntime, pytest, pycocotools, PIL, instseg_train"
+$runtime_only || python_modules="$python_modules, torch"
+if ! .venv/bin/python -c "import $python_modules" 2>/dev/null; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q numpy pytest onnx onnxruntime pycocotools pillow
-  # PyTorch for the training toolkit (no CPU-only wheel on the registries: about 5 GB).
-  .venv/bin/pip install -q torch
-  .venv/bin/pip install -q -e "training[train,test]"
+  if $runtime_only; then
+    .venv/bin/pip install -q -e training
+  else
+    # PyTorch for the training toolkit (no CPU-only wheel on the registries: about 5 GB).
+    .venv/bin/pip install -q torch
+    .venv/bin/pip install -q -e "training[train,test]"
+  fi
 fi
