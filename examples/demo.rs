@@ -47,20 +47,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     gst::init()?;
     gstinstseg::plugin_register_static()?;
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, src) = launch_from_appsrc(&format!(
         "appsrc name=src format=time is-live=false caps=video/x-raw,format=RGB,width={WIDTH},height={HEIGHT},framerate=30/1 \
          ! instseg name=seg overlay=blend {properties} ! tee name=t \
          t. ! queue ! videoconvert ! jpegenc ! avimux ! filesink location=\"{}\" \
          t. ! queue ! appsink name=frames sync=false",
         video.display()
-    ))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| "not a pipeline")?;
-
-    let src = pipeline
-        .by_name("src")
-        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
-        .ok_or("no appsrc")?;
+    ))?;
     let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, WIDTH, HEIGHT).build()?;
     let stride = info.stride()[0] as usize;
     let mut index = 0;
@@ -178,30 +171,31 @@ fn write_contact_sheet(
             sheet[at..at + from.len()].copy_from_slice(from);
         }
     }
-    let pipeline = gst::parse::launch(&format!(
+    let (pipeline, src) = launch_from_appsrc(&format!(
         "appsrc name=src num-buffers=1 caps=video/x-raw,format=RGB,width={sheet_width},height={sheet_height},framerate=1/1 \
          ! videoconvert ! pngenc ! filesink location=\"{}\"",
         path.display()
-    ))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| "not a pipeline")?;
+    ))?;
+    pipeline.set_state(gst::State::Playing)?;
+    src.push_buffer(gst::Buffer::from_mut_slice(sheet))?;
+    src.end_of_stream()?;
+    let error = element::wait_for_end(&pipeline);
+    pipeline.set_state(gst::State::Null)?;
+    error.map_or(Ok(()), |error| {
+        Err(format!("the contact sheet could not be written: {error}").into())
+    })
+}
+
+/// Parses a pipeline description whose source is an `appsrc` named `src`.
+fn launch_from_appsrc(
+    description: &str,
+) -> Result<(gst::Pipeline, gst_app::AppSrc), Box<dyn std::error::Error>> {
+    let pipeline = gst::parse::launch(description)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline")?;
     let src = pipeline
         .by_name("src")
         .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
         .ok_or("no appsrc")?;
-    pipeline.set_state(gst::State::Playing)?;
-    src.push_buffer(gst::Buffer::from_mut_slice(sheet))?;
-    src.end_of_stream()?;
-    let bus = pipeline.bus().ok_or("no bus")?;
-    let message = bus
-        .iter_timed_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .next();
-    pipeline.set_state(gst::State::Null)?;
-    match message.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => Ok(()),
-        _ => Err("the contact sheet could not be written".into()),
-    }
+    Ok((pipeline, src))
 }

@@ -283,6 +283,11 @@ struct FrameResult {
 }
 
 impl FrameResult {
+    /// What the overlay draws for each instance.
+    fn overlay_instances(&self) -> Vec<OverlayInstance<'_>> {
+        self.records.iter().map(OwnedRecord::overlay).collect()
+    }
+
     /// Crops the label map to the picture and maps every instance to frame pixels.
     fn new(segmentation: &Segmentation, geometry: &Geometry, labels: &[String]) -> FrameResult {
         let (crop_x, crop_y, crop_width, crop_height) = geometry.crop;
@@ -632,8 +637,7 @@ impl InstSeg {
             .mask
             .map_readable()
             .map_err(|_| gst::FlowError::Error)?;
-        let instances: Vec<OverlayInstance> =
-            result.records.iter().map(OwnedRecord::overlay).collect();
+        let instances = result.overlay_instances();
         let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &geometry.info)
             .map_err(|_| {
                 gst::element_imp_error!(
@@ -747,7 +751,7 @@ fn compose(
         .mask
         .map_readable()
         .map_err(|_| glib::bool_error!("unreadable mask"))?;
-    let instances: Vec<OverlayInstance> = result.records.iter().map(OwnedRecord::overlay).collect();
+    let instances = result.overlay_instances();
     let m = &geometry.mask;
     let (width, height) = (m.grid_width as usize, m.grid_height as usize);
     let mut rectangles = vec![overlay_rectangle(
