@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! The demo of the README's main command: renders a short clip of moving coloured shapes, runs
-//! it through `instseg` with the overlay drawn into the frames, writes the result as a video
+//! The demo of the README's main command: renders a short clip of moving shapes like the ones the
+//! default model was trained on (a circle, a square, a triangle and a star, two of them crossing),
+//! runs it through `instseg` with the overlay drawn into the frames, writes the result as a video
 //! file and a PNG contact sheet of a few frames, and prints each frame's instances and the
 //! frames per second.
 //!
@@ -10,11 +11,11 @@
 #[path = "../tests/common/element.rs"]
 mod element;
 
+use std::f32::consts::{FRAC_PI_2, FRAC_PI_4, PI};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use element::{Shape, draw_rgb, shapes};
 use gst::prelude::*;
 
 const WIDTH: u32 = 320;
@@ -23,15 +24,132 @@ const FRAMES: u32 = 60;
 /// Frames shown on the contact sheet, in a 2 x 2 grid.
 const SHEET_FRAMES: [u32; 4] = [0, 20, 40, 59];
 
-/// The shapes of frame `index`: they drift and bounce so that they cross and keep their ids.
-fn frame_shapes(index: u32) -> [Shape; 3] {
-    let t = index as f32;
-    let [square, disc, bar] = shapes(WIDTH, HEIGHT);
-    [
-        square.shifted(1.5 * t, 0.4 * t),
-        disc.shifted(-1.2 * t, 0.6 * t),
-        bar.shifted(0.5 * (t / 6.0).sin() * 20.0, -0.5 * t),
-    ]
+/// Background colours of the clip, top and bottom (a vertical gradient), like the muted
+/// backgrounds the default model was trained on.
+const BACKGROUND: [[f32; 3]; 2] = [[96.0, 104.0, 92.0], [132.0, 120.0, 140.0]];
+/// Amplitude of the pixel noise on every frame; the training images are noisy too.
+const NOISE: f32 = 6.0;
+
+/// One of the default model's classes, as drawn by `training/instseg_train/shapes.py`.
+#[derive(Clone, Copy)]
+enum Kind {
+    Circle,
+    Square,
+    Triangle,
+    Star,
+}
+
+/// A moving shape: centre and circumradius in frame pixels, velocity in pixels per frame.
+struct Sprite {
+    kind: Kind,
+    colour: [u8; 3],
+    centre: (f32, f32),
+    radius: f32,
+    velocity: (f32, f32),
+    spin: f32,
+}
+
+/// The clip's shapes: the square and the star cross in the middle of the clip.
+const SPRITES: [Sprite; 4] = [
+    Sprite {
+        kind: Kind::Circle,
+        colour: [250, 140, 30],
+        centre: (70.0, 70.0),
+        radius: 34.0,
+        velocity: (0.6, 0.3),
+        spin: 0.0,
+    },
+    Sprite {
+        kind: Kind::Square,
+        colour: [40, 110, 240],
+        centre: (60.0, 175.0),
+        radius: 36.0,
+        velocity: (2.6, -0.5),
+        spin: 0.02,
+    },
+    Sprite {
+        kind: Kind::Triangle,
+        colour: [60, 210, 90],
+        centre: (250.0, 65.0),
+        radius: 38.0,
+        velocity: (-0.4, 0.4),
+        spin: -0.03,
+    },
+    Sprite {
+        kind: Kind::Star,
+        colour: [230, 60, 200],
+        centre: (265.0, 175.0),
+        radius: 40.0,
+        velocity: (-2.2, -0.3),
+        spin: 0.04,
+    },
+];
+
+impl Sprite {
+    /// Whether pixel (x, y) of frame `index` is inside the shape (pixel centres, hard edges).
+    fn contains(&self, index: u32, x: f32, y: f32) -> bool {
+        let t = index as f32;
+        let (cx, cy) = (
+            self.centre.0 + self.velocity.0 * t,
+            self.centre.1 + self.velocity.1 * t,
+        );
+        let angle = self.spin * t;
+        let r = self.radius;
+        let polygon = |corners: usize, step: f32, start: f32, inner: f32| {
+            let vertex = |k: usize| {
+                let a = angle + start + k as f32 * step;
+                let radius = if k % 2 == 1 { inner * r } else { r };
+                (cx + radius * a.cos(), cy + radius * a.sin())
+            };
+            // Even-odd rule: count the edges crossed by a ray going right from (x, y).
+            (0..corners).fold(false, |inside, k| {
+                let ((x0, y0), (x1, y1)) = (vertex(k), vertex((k + 1) % corners));
+                let crosses = (y0 > y) != (y1 > y) && x < x0 + (y - y0) * (x1 - x0) / (y1 - y0);
+                inside != crosses
+            })
+        };
+        match self.kind {
+            Kind::Circle => (x - cx).powi(2) + (y - cy).powi(2) <= r * r,
+            Kind::Square => polygon(4, FRAC_PI_2, FRAC_PI_4, 1.0),
+            Kind::Triangle => polygon(3, 2.0 * PI / 3.0, -FRAC_PI_2, 1.0),
+            Kind::Star => polygon(10, PI / 5.0, -FRAC_PI_2, 0.45),
+        }
+    }
+}
+
+/// Frame `index` of the clip as RGB rows of `stride` bytes; later sprites are drawn on top.
+fn render_frame(index: u32, stride: usize) -> gst::Buffer {
+    let mut data = vec![0u8; stride * HEIGHT as usize];
+    let mut noise = Noise(0x9e37_79b9 ^ index);
+    for (y, row) in data.chunks_exact_mut(stride).enumerate() {
+        let t = y as f32 / HEIGHT as f32;
+        let background: [f32; 3] =
+            std::array::from_fn(|c| BACKGROUND[0][c] * (1.0 - t) + BACKGROUND[1][c] * t);
+        for (x, pixel) in row[..3 * WIDTH as usize].chunks_exact_mut(3).enumerate() {
+            let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+            let colour = SPRITES
+                .iter()
+                .rev()
+                .find(|sprite| sprite.contains(index, px, py))
+                .map_or(background, |sprite| sprite.colour.map(f32::from));
+            for (out, value) in pixel.iter_mut().zip(colour) {
+                *out = (value + NOISE * noise.next()).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    gst::Buffer::from_mut_slice(data)
+}
+
+/// A small xorshift generator: uniform noise in -1..1, the same for every run.
+struct Noise(u32);
+
+impl Noise {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0 as f32 / u32::MAX as f32 * 2.0 - 1.0
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -64,7 +182,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let _ = src.end_of_stream();
                     return;
                 }
-                let mut buffer = draw_rgb(WIDTH, HEIGHT, stride, &frame_shapes(index));
+                let mut buffer = render_frame(index, stride);
                 if let Some(buffer) = buffer.get_mut() {
                     buffer.set_pts(gst::ClockTime::from_mseconds(u64::from(index) * 1000 / 30));
                     buffer.set_duration(gst::ClockTime::from_mseconds(33));

@@ -291,9 +291,27 @@ fn explicit_cuda_without_a_gpu_is_an_error_and_auto_falls_back() {
     );
 }
 
+/// The embedded default model (`models/default.onnx`, trained on procedural shapes) finds the
+/// drawn square and disc, with their classes and their masks, without any configuration.
 #[test]
-fn the_embedded_model_runs_without_configuration() {
-    assert_eq!(run_pipeline(""), None);
+fn the_embedded_model_finds_shapes_without_configuration() {
+    init();
+    let mut h = gst_check::Harness::new_parse("videoconvert ! instseg");
+    h.play();
+    let (width, height) = (320, 240);
+    let drawn = shapes(width, height);
+    let result = push_shapes(&mut h, width, height, &drawn);
+    for (shape, label) in drawn.iter().zip(["square", "circle"]) {
+        let truth = truth_mask(shape, width, height);
+        let (best, found) = result
+            .instances
+            .iter()
+            .map(|i| (iou(&result.frame_mask(i.region, width, height), &truth), i))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("instances found");
+        assert!(best >= 0.8, "{label}: best IoU {best:.3} ({result:?})");
+        assert_eq!(found.label, label, "{result:?}");
+    }
 }
 
 /// The runtime loads once per process: the missing-library case runs in a child process.

@@ -44,13 +44,13 @@ def run_plugin(paths, model, tracking=True, plugin_path=None, properties=""):
             return [json.loads(line) for line in lines]
 
 
-def mask_ap(annotations, images_dir, model, plugin_path=None):
+def mask_ap(annotations, images_dir, model, plugin_path=None, properties=""):
     """(AP, AP50, AP75) of the plugin's masks on the split's still images."""
     coco = COCO(annotations)
     image_ids = [i for i in sorted(coco.getImgIds()) if "video_id" not in coco.imgs[i]]
     categories = [c["id"] for c in coco.dataset["categories"]]
     paths = [os.path.join(images_dir, coco.imgs[i]["file_name"]) for i in image_ids]
-    lines = run_plugin(paths, model, tracking=False, plugin_path=plugin_path)
+    lines = run_plugin(paths, model, tracking=False, plugin_path=plugin_path, properties=properties)
     detections = [
         {"image_id": image_id, "category_id": categories[instance["class_id"] - 1],
          "segmentation": instance["mask"], "score": instance["score"]}
@@ -71,7 +71,7 @@ def _iou(a, b):
     return np.logical_and(a, b).sum() / union if union else 0.0
 
 
-def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None):
+def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None, properties=""):
     """(identity switches per 100 instance-frames, share of tracks keeping one id) on clips."""
     coco = COCO(annotations)
     videos = defaultdict(list)
@@ -82,7 +82,7 @@ def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None)
     for frames in videos.values():
         frames.sort(key=lambda image: image["frame_index"])
         lines = run_plugin([os.path.join(images_dir, f["file_name"]) for f in frames], model,
-                           tracking=tracking, plugin_path=plugin_path)
+                           tracking=tracking, plugin_path=plugin_path, properties=properties)
         matched = defaultdict(list)  # ground-truth track -> predicted id per visible frame
         for image, line in zip(frames, lines):
             truth = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
@@ -117,15 +117,17 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--plugin-path", default=None, help="directory of libgstinstseg.so")
+    parser.add_argument("--properties", default="", help='extra instseg properties, e.g. "seed-threshold=0.4"')
     args = parser.parse_args(argv)
     annotations = os.path.join(args.data, "annotations", f"instances_{args.split}.json")
-    ap, ap50, ap75 = mask_ap(annotations, os.path.join(args.data, args.split), args.model, args.plugin_path)
+    ap, ap50, ap75 = mask_ap(annotations, os.path.join(args.data, args.split), args.model, args.plugin_path,
+                              args.properties)
     report = {"AP": ap, "AP50": ap50, "AP75": ap75}
     clips = os.path.join(args.data, "annotations", "instances_clips.json")
     if os.path.exists(clips):
         for tracking in (True, False):
             per100, share = identity_metrics(clips, os.path.join(args.data, "clips"), args.model,
-                                             tracking, args.plugin_path)
+                                             tracking, args.plugin_path, args.properties)
             key = "tracking" if tracking else "no-tracking"
             report[f"id-switches-per-100 ({key})"] = per100
             report[f"tracks-keeping-one-id ({key})"] = share

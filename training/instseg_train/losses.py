@@ -55,10 +55,17 @@ def sample_pixels(instance_ids: torch.Tensor, k: int = 10, generator=None) -> Pi
 
 
 def pair_weights(sample: PixelSample) -> torch.Tensor:
-    """[M, M] weights w_pq proportional to 1 / (|S(p)| * |S(q)|), the sizes of the instances of
-    p and q; zero on the diagonal (no self-pairs); normalised to sum to 1."""
-    n = sample.sizes.to(torch.float64)[sample.segment]
-    w = 1.0 / (n[:, None] * n[None, :])
+    """[M, M] weights of the sampled pairs; zero on the diagonal (no self-pairs); sum 1.
+
+    The paper weights the pair (p, q) of *all* pixels by 1 / (|S(p)| * |S(q)|), the sizes of
+    their instances, so that every pair of segments counts the same whatever their sizes. With
+    K pixels sampled per segment, each sample stands for |S| / K pixels of its segment, so the
+    sampled estimate of that sum gives every sampled pair the same weight
+    1 / (|S(p)| |S(q)|) * (|S(p)| / K) * (|S(q)| / K) = 1 / K^2. (Weighting the samples by
+    1 / (|S(p)| |S(q)|) again would count the sizes twice: large segments, the background
+    first, would then get almost no weight and their embeddings would spread.)"""
+    m = sample.segment.shape[0]
+    w = torch.ones(m, m, dtype=torch.float64, device=sample.segment.device)
     w.fill_diagonal_(0.0)
     return w / w.sum()
 

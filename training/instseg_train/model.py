@@ -26,8 +26,21 @@ def conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Seque
 
 
 class InstSegNet(nn.Module):
-    """Encoder of 4 stride-2 stages (w, 2w, 4w, 6w channels: 16..96 for width 16), a
-    U-Net-like decoder with skip connections back to stride 4, and two 1x1 heads."""
+    """Two stride-2 stages shared by both heads (w and 2w channels, 16 and 32 for width 16),
+    then two branches:
+
+    - embedding: two more stride-2 stages (4w, 6w channels; dilated convolutions at stride 16
+      widen the receptive field), a U-Net-like decoder with skip connections back to stride 4
+      and a 1x1 head;
+    - classes: its own stride-8 and stride-16 stages (3w, 4w channels), one decoder layer at
+      stride 8 and a 1x1 head whose logits are upsampled bilinearly to stride 4.
+
+    The branches share only low-level features because the class probabilities need features
+    of their own: in a shared trunk the embedding loss, with the paper's lambda of at most 0.2
+    on the classification loss, dominates the gradients and the shape classes were learnt far
+    too slowly (class accuracy 0.41 after 2,500 steps; 0.62 after 200 more steps once the
+    classification loss dominated). Separate parameters let Adam scale each branch's updates
+    on their own, so lambda no longer starves them."""
 
     def __init__(
         self,
@@ -55,7 +68,13 @@ class InstSegNet(nn.Module):
         self.up2 = conv_bn(c3 + c2, 3 * width)  # stride 4
         self.neck = conv_bn(3 * width, 3 * width)
         self.embedding_head = nn.Conv2d(3 * width, embedding_dim, 1)
-        self.class_head = nn.Conv2d(3 * width, len(self.thresholds) * (num_classes + 1), 1)
+        k3, k4 = 3 * width, 4 * width
+        self.class_stage3 = nn.Sequential(conv_bn(c2, k3, 2), conv_bn(k3, k3))  # stride 8
+        self.class_stage4 = nn.Sequential(  # stride 16
+            conv_bn(k3, k4, 2), conv_bn(k4, k4), conv_bn(k4, k4, dilation=2), conv_bn(k4, k4, dilation=4)
+        )
+        self.class_up = conv_bn(k4 + k3, k3)  # stride 8
+        self.class_head = nn.Conv2d(k3, len(self.thresholds) * (num_classes + 1), 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x2 = self.stage2(self.stage1(image))
@@ -63,9 +82,11 @@ class InstSegNet(nn.Module):
         x4 = self.stage4(x3)
         y = self.up3(torch.cat([F.interpolate(x4, size=x3.shape[-2:], mode="nearest"), x3], 1))
         y = self.up2(torch.cat([F.interpolate(y, size=x2.shape[-2:], mode="nearest"), x2], 1))
-        y = self.neck(y)
-        embedding = self.embedding_head(y)
-        logits = self.class_head(y)
+        embedding = self.embedding_head(self.neck(y))
+        k3 = self.class_stage3(x2)
+        k4 = self.class_stage4(k3)
+        k = self.class_up(torch.cat([F.interpolate(k4, size=k3.shape[-2:], mode="nearest"), k3], 1))
+        logits = F.interpolate(self.class_head(k), size=x2.shape[-2:], mode="bilinear", align_corners=False)
         n, _, h, w = logits.shape
         logits = logits.reshape(n, len(self.thresholds), self.num_classes + 1, h, w)
         return embedding, torch.softmax(logits, dim=2)

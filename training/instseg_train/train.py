@@ -36,7 +36,13 @@ def collate(batch):
 
 def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
-          k: int = 10, workers: int = 0, log_every: int = 50) -> InstSegNet:
+          k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
+          seed_threshold: float | None = None) -> InstSegNet:
+    """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
+    end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
+    (default: the first quarter), while the embedding learns enough for the classification
+    targets, which come from masks grown with it, to mean something. ``seed_threshold`` is
+    written to the ONNX file as the element's recommended ``seed-threshold``."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     dataset = CocoInstances(os.path.join(data, "train"),
@@ -49,7 +55,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     sampling = torch.Generator().manual_seed(seed + 1)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=shuffle, drop_last=True,
                         collate_fn=collate, num_workers=workers)
-    ramp = ramp_steps if ramp_steps is not None else max(1, steps // 2)
+    ramp = ramp_steps if ramp_steps is not None else max(1, steps // 4)
     step, started = 0, time.perf_counter()
     model.train()
     while step < steps:
@@ -66,10 +72,12 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
                 print(f"step {step}/{steps} loss {loss.item():.4f} (embedding "
                       f"{parts['embedding'].item():.4f}, classes {parts['classification'].item():.4f}, "
                       f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.0f} s", flush=True)
+            if step % checkpoint_every == 0 or step == steps:
+                torch.save(model.state_dict(), out + ".pt")
             if step == steps:
                 break
     model.eval()
-    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names)
+    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold)
     check_export(model, out)
     return model
 
@@ -86,12 +94,15 @@ def main(argv=None) -> None:
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--seed-threshold", type=float, default=None,
+                        help="the element's recommended seed-threshold, stored in the ONNX file")
     args = parser.parse_args(argv)
     if args.generate:
         generate_dataset(args.data, seed=args.seed, train=args.generate, val=0, test=0, clips=0,
-                         size=tuple(args.size))
+                         size=tuple(args.size), workers=os.cpu_count() or 1)
     train(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, size=args.size,
-          embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers)
+          embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
+          seed_threshold=args.seed_threshold)
 
 
 if __name__ == "__main__":

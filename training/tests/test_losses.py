@@ -39,32 +39,28 @@ def test_two_segments_exact_weighted_value():
     # Sampled: two background pixels (both e=0, whichever they are) and both instance pixels.
     embedding = torch.tensor([[[0.0, 0.0, 0.0, 1.0, 2.0]]])
     ids = torch.tensor([[0, 0, 0, 1, 1]])
-    # Ordered pairs p != q of the 4 samples (12), raw weight 1 / (n_p * n_q):
-    #   bg-bg  : 2 pairs, d=0, y=1, loss -log sigma(0) = 0,           weight 1/(3*3)
-    #   b1-b2  : 2 pairs, d=1, y=1, loss -log sigma(1),                weight 1/(2*2)
-    #   bg-b1  : 4 pairs, d=1, y=0, loss -log(1 - sigma(1)),           weight 1/(3*2)
-    #   bg-b2  : 4 pairs, d=4, y=0, loss -log(1 - sigma(4)),           weight 1/(3*2)
-    total_weight = 2 / 9 + 2 / 4 + 4 / 6 + 4 / 6  # = 37/18
-    assert total_weight == pytest.approx(37 / 18)
-    expected = (
-        2 / 4 * -math.log(sigma(1)) + 4 / 6 * -math.log(1 - sigma(1)) + 4 / 6 * -math.log(1 - sigma(4))
-    ) / total_weight  # = (0.5 * 0.620115 + 0.666667 * 0.771936 + 0.666667 * 0.036635) / 2.055556
-    assert expected == pytest.approx(0.413078, abs=1e-6)
+    # Ordered pairs p != q of the 4 samples (12), each of weight 1/12:
+    #   bg-bg  : 2 pairs, d=0, y=1, loss -log sigma(0) = 0
+    #   b1-b2  : 2 pairs, d=1, y=1, loss -log sigma(1)
+    #   bg-b1  : 4 pairs, d=1, y=0, loss -log(1 - sigma(1))
+    #   bg-b2  : 4 pairs, d=4, y=0, loss -log(1 - sigma(4))
+    expected = (2 * -math.log(sigma(1)) + 4 * -math.log(1 - sigma(1)) + 4 * -math.log(1 - sigma(4))) / 12
+    # = (2 * 0.620115 + 4 * 0.771936 + 4 * 0.036635) / 12
+    assert expected == pytest.approx(0.372876, abs=1e-6)
     for seed in range(5):
         loss = embedding_loss(embedding, ids, k=2, generator=gen(seed))
         assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_pair_weights_sum_to_one_and_are_inverse_to_sizes():
+def test_pair_weights_are_uniform_and_sum_to_one():
     ids = torch.tensor([0] * 3 + [1] * 5 + [2] * 10).reshape(3, 6)
     sample = sample_pixels(ids, k=4, generator=gen())
     assert sample.sizes.tolist() == [3, 5, 10]
     w = pair_weights(sample)
     assert w.sum().item() == pytest.approx(1.0)
     assert torch.all(w.diagonal() == 0)
-    n = sample.sizes.double()[sample.segment]
-    scaled = (w * n[:, None] * n[None, :])[~torch.eye(len(n), dtype=torch.bool)]
-    assert torch.allclose(scaled, scaled[0].expand_as(scaled))
+    off = w[~torch.eye(len(sample.segment), dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, 1.0 / (12 * 11)))
     # with replacement for the 3-pixel segment: still K=4 samples each, all from their segment
     assert torch.bincount(sample.segment).tolist() == [4, 4, 4]
     assert torch.equal(ids.reshape(-1)[sample.index], sample.ids[sample.segment])
