@@ -54,6 +54,23 @@ def sample_pixels(instance_ids: torch.Tensor, k: int = 10, generator=None) -> Pi
     return PixelSample(torch.cat(index), torch.cat(segment), ids, sizes)
 
 
+def with_hard_background(sample: PixelSample, classes: torch.Tensor, instance_ids: torch.Tensor,
+                         count: int) -> PixelSample:
+    """`sample` plus the `count` background pixels of highest seediness (max over t and over
+    c in 1..C of `classes` [T, C+1, h, w]), for the classification loss only. The element
+    seeds on any pixel whose seediness reaches the threshold, so one confident background
+    pixel among thousands makes a false instance; K random background samples rarely meet it."""
+    background = instance_ids.reshape(-1) == 0
+    if count <= 0 or not bool(background.any()):
+        return sample
+    seediness = classes[:, 1:].detach().amax(dim=(0, 1)).reshape(-1)
+    hardest = torch.where(background, seediness, torch.full_like(seediness, -1.0))
+    index = hardest.topk(min(count, int(background.sum()))).indices
+    segment = torch.zeros_like(index)  # ids are ascending, so the background is segment 0
+    return PixelSample(torch.cat([sample.index, index]), torch.cat([sample.segment, segment]),
+                       sample.ids, sample.sizes)
+
+
 def pair_weights(sample: PixelSample) -> torch.Tensor:
     """[M, M] weights of the sampled pairs; zero on the diagonal (no self-pairs); sum 1.
 
@@ -150,13 +167,15 @@ def embedding_loss(embedding, instance_ids, k: int = 10, generator=None) -> torc
 
 
 def classification_loss(
-    embedding, classes, instance_ids, instance_classes, thresholds, k: int = 10, generator=None
+    embedding, classes, instance_ids, instance_classes, thresholds, k: int = 10, generator=None,
+    hard_background: int = 0,
 ) -> torch.Tensor:
     """L_cls: mean over thresholds t and sampled pixels p of -log C^t_{p, target(t, p)};
-    classes [T, C+1, h, w] (or [N, T, C+1, h, w]), already softmaxed over C+1."""
+    classes [T, C+1, h, w] (or [N, T, C+1, h, w]), already softmaxed over C+1. The sample is
+    K pixels per segment plus the `hard_background` most seed-like background pixels."""
 
     def one(emb, cls, ids, table):
-        sample = sample_pixels(ids, k, generator)
+        sample = with_hard_background(sample_pixels(ids, k, generator), cls, ids, hard_background)
         return _classification_loss_one(emb, cls, ids, table, thresholds, sample)
 
     return _batched(one, embedding, classes, instance_ids, instance_classes)
@@ -171,9 +190,10 @@ def classification_weight(step: int, ramp_steps: int, final: float = 0.2) -> flo
 
 def total_loss(
     embedding, classes, instance_ids, instance_classes, thresholds, step: int, ramp_steps: int,
-    k: int = 10, generator=None, final_weight: float = 0.2,
+    k: int = 10, generator=None, final_weight: float = 0.2, hard_background: int = 0,
 ):
-    """L = L_e + lambda(step) * L_cls, both on the same pixel sample of each image.
+    """L = L_e + lambda(step) * L_cls, both on the same pixel sample of each image (L_cls also on
+    the `hard_background` most seed-like background pixels, see `with_hard_background`).
     Returns (L, {"embedding": L_e, "classification": L_cls, "lambda": lambda}) (parts detached)."""
     lam = classification_weight(step, ramp_steps, final_weight)
     parts = []
@@ -181,7 +201,8 @@ def total_loss(
     def one(emb, cls, ids, table):
         sample = sample_pixels(ids, k, generator)
         le = _embedding_loss_one(emb, sample)
-        lc = _classification_loss_one(emb, cls, ids, table, thresholds, sample)
+        hard = with_hard_background(sample, cls, ids, hard_background)
+        lc = _classification_loss_one(emb, cls, ids, table, thresholds, hard)
         parts.append((le.detach(), lc.detach()))
         return le + lam * lc
 

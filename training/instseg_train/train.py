@@ -37,12 +37,13 @@ def collate(batch):
 def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
-          seed_threshold: float | None = None) -> InstSegNet:
+          seed_threshold: float | None = None, hard_background: int = 10) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
     targets, which come from masks grown with it, to mean something. ``seed_threshold`` is
-    written to the ONNX file as the element's recommended ``seed-threshold``."""
+    written to the ONNX file as the element's recommended ``seed-threshold``. The classification
+    loss also sees the ``hard_background`` most seed-like background pixels of each image."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     dataset = CocoInstances(os.path.join(data, "train"),
@@ -62,7 +63,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
         for images, ids, tables in loader:
             embedding, classes = model(model.normalize(images * 255.0))
             loss, parts = total_loss(embedding, classes, downsample_ids(ids, OUTPUT_STRIDE), tables,
-                                     model.thresholds, step, ramp, k=k, generator=sampling)
+                                     model.thresholds, step, ramp, k=k, generator=sampling,
+                                     hard_background=hard_background)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -96,13 +98,15 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed-threshold", type=float, default=None,
                         help="the element's recommended seed-threshold, stored in the ONNX file")
+    parser.add_argument("--hard-background", type=int, default=10,
+                        help="most seed-like background pixels added to the classification loss")
     args = parser.parse_args(argv)
     if args.generate:
         generate_dataset(args.data, seed=args.seed, train=args.generate, val=0, test=0, clips=0,
                          size=tuple(args.size), workers=os.cpu_count() or 1)
     train(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, size=args.size,
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
-          seed_threshold=args.seed_threshold)
+          seed_threshold=args.seed_threshold, hard_background=args.hard_background)
 
 
 if __name__ == "__main__":

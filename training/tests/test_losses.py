@@ -14,6 +14,7 @@ from instseg_train.losses import (
     pair_weights,
     sample_pixels,
     total_loss,
+    with_hard_background,
 )
 from instseg_train.model import InstSegNet
 
@@ -151,3 +152,18 @@ def test_total_loss_on_model_outputs_has_finite_gradients():
     loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_hard_background_adds_the_most_seed_like_background_pixels_with_target_background():
+    # 1 x 4 grid: pixels 0, 1, 3 are background, pixel 2 is instance 1 (class 2). T = 1, C = 2.
+    ids = torch.tensor([[0, 0, 1, 0]])
+    classes = torch.tensor([[[0.9, 0.2, 0.1, 0.5],   # background
+                             [0.05, 0.7, 0.1, 0.2],  # class 1
+                             [0.05, 0.1, 0.8, 0.3]]])  # class 2 -> seediness .05 .7 .8 .3
+    sample = sample_pixels(ids, k=2, generator=gen())
+    hard = with_hard_background(sample, classes, ids, count=2)
+    assert hard.index[len(sample.index):].tolist() == [1, 3]  # pixel 2 is not background
+    embedding = torch.tensor([[[0.0, 0.0, 5.0, 0.0]]])
+    targets = classification_targets(embedding, ids, [0, 2], [0.5], hard)
+    assert targets[0, len(sample.index):].tolist() == [0, 0]
+    assert with_hard_background(sample, classes, torch.ones_like(ids), count=2) is sample
