@@ -85,9 +85,32 @@ const SPRITES: [Sprite; 4] = [
     },
 ];
 
+/// Where a sprite is in one frame, computed once per frame rather than once per pixel.
+enum Outline {
+    Disc { cx: f32, cy: f32, r: f32 },
+    Polygon(Vec<(f32, f32)>),
+}
+
+impl Outline {
+    /// Whether point (x, y) is inside (hard edges).
+    fn contains(&self, x: f32, y: f32) -> bool {
+        match self {
+            Outline::Disc { cx, cy, r } => (x - cx).powi(2) + (y - cy).powi(2) <= r * r,
+            Outline::Polygon(vertices) => {
+                // Even-odd rule: count the edges crossed by a ray going right from (x, y).
+                let edges = vertices.iter().zip(vertices.iter().cycle().skip(1));
+                edges.fold(false, |inside, (&(x0, y0), &(x1, y1))| {
+                    let crosses = (y0 > y) != (y1 > y) && x < x0 + (y - y0) * (x1 - x0) / (y1 - y0);
+                    inside != crosses
+                })
+            }
+        }
+    }
+}
+
 impl Sprite {
-    /// Whether pixel (x, y) of frame `index` is inside the shape (pixel centres, hard edges).
-    fn contains(&self, index: u32, x: f32, y: f32) -> bool {
+    /// The sprite's outline in frame `index`.
+    fn outline(&self, index: u32) -> Outline {
         let t = index as f32;
         let (cx, cy) = (
             self.centre.0 + self.velocity.0 * t,
@@ -101,15 +124,10 @@ impl Sprite {
                 let radius = if k % 2 == 1 { inner * r } else { r };
                 (cx + radius * a.cos(), cy + radius * a.sin())
             };
-            // Even-odd rule: count the edges crossed by a ray going right from (x, y).
-            (0..corners).fold(false, |inside, k| {
-                let ((x0, y0), (x1, y1)) = (vertex(k), vertex((k + 1) % corners));
-                let crosses = (y0 > y) != (y1 > y) && x < x0 + (y - y0) * (x1 - x0) / (y1 - y0);
-                inside != crosses
-            })
+            Outline::Polygon((0..corners).map(vertex).collect())
         };
         match self.kind {
-            Kind::Circle => (x - cx).powi(2) + (y - cy).powi(2) <= r * r,
+            Kind::Circle => Outline::Disc { cx, cy, r },
             Kind::Square => polygon(4, FRAC_PI_2, FRAC_PI_4, 1.0),
             Kind::Triangle => polygon(3, 2.0 * PI / 3.0, -FRAC_PI_2, 1.0),
             Kind::Star => polygon(10, PI / 5.0, -FRAC_PI_2, 0.45),
@@ -119,6 +137,11 @@ impl Sprite {
 
 /// Frame `index` of the clip as RGB rows of `stride` bytes; later sprites are drawn on top.
 fn render_frame(index: u32, stride: usize) -> gst::Buffer {
+    let outlines: Vec<(Outline, [u8; 3])> = SPRITES
+        .iter()
+        .rev()
+        .map(|sprite| (sprite.outline(index), sprite.colour))
+        .collect();
     let mut data = vec![0u8; stride * HEIGHT as usize];
     let mut noise = Noise(0x9e37_79b9 ^ index);
     for (y, row) in data.chunks_exact_mut(stride).enumerate() {
@@ -127,11 +150,10 @@ fn render_frame(index: u32, stride: usize) -> gst::Buffer {
             std::array::from_fn(|c| BACKGROUND[0][c] * (1.0 - t) + BACKGROUND[1][c] * t);
         for (x, pixel) in row[..3 * WIDTH as usize].chunks_exact_mut(3).enumerate() {
             let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-            let colour = SPRITES
+            let colour = outlines
                 .iter()
-                .rev()
-                .find(|sprite| sprite.contains(index, px, py))
-                .map_or(background, |sprite| sprite.colour.map(f32::from));
+                .find(|(outline, _)| outline.contains(px, py))
+                .map_or(background, |(_, colour)| colour.map(f32::from));
             for (out, value) in pixel.iter_mut().zip(colour) {
                 *out = (value + NOISE * noise.next()).clamp(0.0, 255.0) as u8;
             }
