@@ -1,9 +1,10 @@
 """The instseg network (Fathi et al. 2017): a small fully convolutional encoder-decoder.
 
 Input: the normalised image (pixel / 255 - mean) / std, [N, 3, H, W] (H, W multiples of 16).
-Outputs (SPEC.md section 1), at output stride 4:
-- embedding: [N, D, H/4, W/4], the per-pixel embedding e_p (unconstrained);
-- classes:   [N, T, C+1, H/4, W/4], C^t_pc softmaxed over the C+1 axis (0 = background).
+Outputs (SPEC.md section 1), at output stride s (4, 2 or 1; features are computed at stride 4
+and, for s < 4, upsampled bilinearly, so that masks of small objects get finer edges):
+- embedding: [N, D, H/s, W/s], the per-pixel embedding e_p (unconstrained);
+- classes:   [N, T, C+1, H/s, W/s], C^t_pc softmaxed over the C+1 axis (0 = background).
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ class InstSegNet(nn.Module):
         width: int = 16,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        output_stride: int = 4,
     ):
         super().__init__()
+        if output_stride not in (1, 2, 4):
+            raise ValueError(f"output_stride must be 1, 2 or 4, got {output_stride}")
+        self.output_stride = output_stride
         self.embedding_dim = embedding_dim
         self.thresholds = tuple(float(t) for t in thresholds)
         self.num_classes = num_classes
@@ -83,10 +88,13 @@ class InstSegNet(nn.Module):
         y = self.up3(torch.cat([F.interpolate(x4, size=x3.shape[-2:], mode="nearest"), x3], 1))
         y = self.up2(torch.cat([F.interpolate(y, size=x2.shape[-2:], mode="nearest"), x2], 1))
         embedding = self.embedding_head(self.neck(y))
+        out_size = (image.shape[-2] // self.output_stride, image.shape[-1] // self.output_stride)
+        if self.output_stride != 4:
+            embedding = F.interpolate(embedding, size=out_size, mode="bilinear", align_corners=False)
         k3 = self.class_stage3(x2)
         k4 = self.class_stage4(k3)
         k = self.class_up(torch.cat([F.interpolate(k4, size=k3.shape[-2:], mode="nearest"), k3], 1))
-        logits = F.interpolate(self.class_head(k), size=x2.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.class_head(k), size=out_size, mode="bilinear", align_corners=False)
         n, _, h, w = logits.shape
         logits = logits.reshape(n, len(self.thresholds), self.num_classes + 1, h, w)
         return embedding, torch.softmax(logits, dim=2)

@@ -23,7 +23,6 @@ from .export import check_export, export_onnx
 from .losses import downsample_ids, total_loss
 from .model import InstSegNet
 
-OUTPUT_STRIDE = 4
 
 
 def collate(batch):
@@ -37,19 +36,25 @@ def collate(batch):
 def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
-          seed_threshold: float | None = None, hard_background: int = 10) -> InstSegNet:
+          seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
+          width: int = 16, device: str = "cpu") -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
     targets, which come from masks grown with it, to mean something. ``seed_threshold`` is
     written to the ONNX file as the element's recommended ``seed-threshold``. The classification
-    loss also sees the ``hard_background`` most seed-like background pixels of each image."""
+    loss also sees the ``hard_background`` most seed-like background pixels of each image.
+    ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
+    stays on seeded CPU generators, but GPU kernels are not bit-reproducible."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
     np.random.seed(seed)
     dataset = CocoInstances(os.path.join(data, "train"),
                             os.path.join(data, "annotations", "instances_train.json"),
                             size=tuple(size), hflip=True)
-    model = InstSegNet(embedding_dim=embedding_dim, num_classes=len(dataset.category_names))
+    model = InstSegNet(embedding_dim=embedding_dim, num_classes=len(dataset.category_names),
+                       output_stride=output_stride, width=width).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
     shuffle = torch.Generator().manual_seed(seed)
@@ -61,8 +66,9 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     model.train()
     while step < steps:
         for images, ids, tables in loader:
+            images, ids = images.to(device), ids.to(device)
             embedding, classes = model(model.normalize(images * 255.0))
-            loss, parts = total_loss(embedding, classes, downsample_ids(ids, OUTPUT_STRIDE), tables,
+            loss, parts = total_loss(embedding, classes, downsample_ids(ids, output_stride), tables,
                                      model.thresholds, step, ramp, k=k, generator=sampling,
                                      hard_background=hard_background)
             optimiser.zero_grad()
@@ -73,13 +79,16 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
             if step % log_every == 0 or step == steps:
                 print(f"step {step}/{steps} loss {loss.item():.4f} (embedding "
                       f"{parts['embedding'].item():.4f}, classes {parts['classification'].item():.4f}, "
-                      f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.0f} s", flush=True)
+                      f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.1f} s", flush=True)
             if step % checkpoint_every == 0 or step == steps:
                 torch.save(model.state_dict(), out + ".pt")
             if step == steps:
                 break
-    model.eval()
-    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold)
+    model.cpu().eval()
+    # The element's default min-area (4 output pixels) is meant for stride 4: keep its frame area.
+    min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
+    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
+                min_area=min_area)
     check_export(model, out)
     return model
 
@@ -95,6 +104,11 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-stride", type=int, default=4, choices=(1, 2, 4),
+                        help="stride of the outputs; below 4 they are upsampled bilinearly in the network")
+    parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    parser.add_argument("--k", type=int, default=10, help="pixels sampled per segment in the losses")
+    parser.add_argument("--device", default="auto", help='torch device: "cpu", "cuda" or "auto"')
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed-threshold", type=float, default=None,
                         help="the element's recommended seed-threshold, stored in the ONNX file")
@@ -106,7 +120,8 @@ def main(argv=None) -> None:
                          size=tuple(args.size), workers=os.cpu_count() or 1)
     train(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, size=args.size,
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
-          seed_threshold=args.seed_threshold, hard_background=args.hard_background)
+          seed_threshold=args.seed_threshold, hard_background=args.hard_background,
+          output_stride=args.output_stride, width=args.width, k=args.k, device=args.device)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,25 @@ def test_model_shapes_and_budget(model):
     assert model.mean == (0.485, 0.456, 0.406) and model.std == (0.229, 0.224, 0.225)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_finer_output_strides_upsample_the_stride_4_outputs(model, stride):
+    fine = InstSegNet(output_stride=stride)
+    fine.load_state_dict(model.state_dict())
+    fine.eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        emb4, cls4 = model(image)
+        emb, cls = fine(image)
+    assert emb.shape == (1, 8, 64 // stride, 96 // stride)
+    assert cls.shape == (1, 4, 5, 64 // stride, 96 // stride)
+    assert torch.allclose(cls.sum(2), torch.ones(1, 4, 64 // stride, 96 // stride), atol=1e-5)
+    # Bilinear upsampling keeps the mean of each output map and only interpolates between values.
+    assert torch.allclose(emb.mean((2, 3)), emb4.mean((2, 3)), atol=0.05)
+    assert emb.max() <= emb4.max() + 1e-5 and emb.min() >= emb4.min() - 1e-5
+    with pytest.raises(ValueError, match="output_stride"):
+        InstSegNet(output_stride=3)
+
+
 def test_count_flops_by_hand():
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1))
     assert count_flops(conv, (8, 8)) == 2 * (4 * 4 * 4) * 3 * 9
