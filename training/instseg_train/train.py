@@ -24,7 +24,6 @@ from .losses import downsample_ids, total_loss
 from .model import InstSegNet
 
 
-
 def collate(batch):
     """Images [B, 3, H, W] in 0..1 and id maps [B, H, W] stack; per-image class tables (index
     = instance id, 0 = background) stay a list."""
@@ -37,7 +36,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
           seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
-          width: int = 16, device: str = "cpu") -> InstSegNet:
+          width: int = 16, device: str = "auto") -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
