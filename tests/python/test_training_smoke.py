@@ -13,8 +13,11 @@ from core_cases import example_binary
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("options", [[], ["--output-stride", "2", "--workers", "1", "--device", "auto"]])
-def test_train_export_and_run_in_the_plugin(tmp_path, options):
+@pytest.mark.parametrize("options, stride, min_area", [
+    ([], 4, None),
+    (["--output-stride", "2", "--workers", "1", "--device", "auto"], 2, "16"),
+])
+def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area):
     import onnx
 
     from instseg_train.train import main
@@ -23,11 +26,11 @@ def test_train_export_and_run_in_the_plugin(tmp_path, options):
     main(["--data", str(tmp_path / "data"), "--generate", "8", "--out", str(model), "--steps", "3",
           "--batch", "4", "--size", "64", "64", *options])
     assert model.stat().st_size < 4 * 1024 * 1024
-    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in onnx.load(str(model)).graph.output}
-    stride = 2 if options else 4
+    proto = onnx.load(str(model))
+    outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
     assert outputs["embedding"] == [1, 8, 64 // stride, 64 // stride]
-    metadata = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
-    assert metadata.get("instseg.min-area") == ("16" if options else None)
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert metadata.get("instseg.min-area") == min_area
     done = subprocess.run([str(example_binary("run_pipeline")), "--provider", "cpu", "--model",
                            str(model), "--frames", "5", "--size", "160x120"],
                           check=True, capture_output=True, text=True)
