@@ -3,6 +3,11 @@ over a COCO split, reads its ``results-location`` JSON Lines and computes mask A
 pycocotools and, on clips, identity metrics with tracking on and off.
 
     python -m instseg_train.evaluate --data DIR --model model.onnx [--plugin-path target/release]
+    python -m instseg_train.evaluate --data DIR --grid-bound 4
+
+``--grid-bound S`` scores the ground truth itself, sampled on a stride-S grid (the centre pixel
+of each cell) and scaled back up as the element does: the best mask AP a perfect model with
+output stride S can reach on that split.
 
 Identity metrics: each ground-truth instance is matched per frame to the predicted mask of
 highest IoU (>= 0.5, one to one); an identity switch is a change of the predicted track id
@@ -44,18 +49,12 @@ def run_plugin(paths, model, tracking=True, plugin_path=None, properties=""):
             return [json.loads(line) for line in lines]
 
 
-def mask_ap(annotations, images_dir, model, plugin_path=None, properties=""):
-    """(AP, AP50, AP75) of the plugin's masks on the split's still images."""
-    coco = COCO(annotations)
-    image_ids = [i for i in sorted(coco.getImgIds()) if "video_id" not in coco.imgs[i]]
-    categories = [c["id"] for c in coco.dataset["categories"]]
-    paths = [os.path.join(images_dir, coco.imgs[i]["file_name"]) for i in image_ids]
-    lines = run_plugin(paths, model, tracking=False, plugin_path=plugin_path, properties=properties)
-    detections = [
-        {"image_id": image_id, "category_id": categories[instance["class_id"] - 1],
-         "segmentation": instance["mask"], "score": instance["score"]}
-        for image_id, line in zip(image_ids, lines) for instance in line["instances"]
-    ]
+def _still_images(coco):
+    return [i for i in sorted(coco.getImgIds()) if "video_id" not in coco.imgs[i]]
+
+
+def _score(coco, image_ids, detections):
+    """(AP, AP50, AP75) of COCO result dicts with pycocotools (summary printed)."""
     if not detections:
         return 0.0, 0.0, 0.0
     evaluation = COCOeval(coco, coco.loadRes(detections), "segm")
@@ -64,6 +63,40 @@ def mask_ap(annotations, images_dir, model, plugin_path=None, properties=""):
     evaluation.accumulate()
     evaluation.summarize()
     return tuple(float(v) for v in evaluation.stats[:3])
+
+
+def mask_ap(annotations, images_dir, model, plugin_path=None, properties=""):
+    """(AP, AP50, AP75) of the plugin's masks on the split's still images."""
+    coco = COCO(annotations)
+    image_ids = _still_images(coco)
+    categories = [c["id"] for c in coco.dataset["categories"]]
+    paths = [os.path.join(images_dir, coco.imgs[i]["file_name"]) for i in image_ids]
+    lines = run_plugin(paths, model, tracking=False, plugin_path=plugin_path, properties=properties)
+    detections = [
+        {"image_id": image_id, "category_id": categories[instance["class_id"] - 1],
+         "segmentation": instance["mask"], "score": instance["score"]}
+        for image_id, line in zip(image_ids, lines) for instance in line["instances"]
+    ]
+    return _score(coco, image_ids, detections)
+
+
+def grid_bound(annotations, stride: int):
+    """(AP, AP50, AP75) of the ground truth sampled on a stride-`stride` grid and scaled back
+    up by nearest neighbour: the ceiling that the output grid puts on any model."""
+    coco = COCO(annotations)
+    image_ids = _still_images(coco)
+    detections = []
+    for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_ids)):
+        mask = coco.annToMask(annotation)
+        cells = mask[stride // 2 :: stride, stride // 2 :: stride]
+        if not cells.any():
+            continue  # no cell centre on the shape: a model with this grid always misses it
+        scaled = np.kron(cells, np.ones((stride, stride), np.uint8))[: mask.shape[0], : mask.shape[1]]
+        rle = mask_api.encode(np.asfortranarray(scaled))
+        rle["counts"] = rle["counts"].decode()
+        detections.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                           "segmentation": rle, "score": 1.0})
+    return _score(coco, image_ids, detections)
 
 
 def _iou(a, b):
@@ -114,12 +147,20 @@ def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None,
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", help="ONNX model to run in the plugin")
     parser.add_argument("--split", default="test")
     parser.add_argument("--plugin-path", default=None, help="directory of libgstinstseg.so")
     parser.add_argument("--properties", default="", help='extra instseg properties, e.g. "seed-threshold=0.4"')
+    parser.add_argument("--grid-bound", type=int, metavar="S",
+                        help="score the ground truth sampled on a stride-S grid instead of a model")
     args = parser.parse_args(argv)
     annotations = os.path.join(args.data, "annotations", f"instances_{args.split}.json")
+    if args.grid_bound:
+        ap, ap50, ap75 = grid_bound(annotations, args.grid_bound)
+        print(json.dumps({"stride": args.grid_bound, "AP": ap, "AP50": ap50, "AP75": ap75}, indent=1))
+        return
+    if not args.model:
+        parser.error("--model is required (or --grid-bound)")
     ap, ap50, ap75 = mask_ap(annotations, os.path.join(args.data, args.split), args.model, args.plugin_path,
                               args.properties)
     report = {"AP": ap, "AP50": ap50, "AP75": ap75}

@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-stride", type=int, default=4, choices=(1, 2, 4),
-                        help="stride of the outputs; below 4 they are upsampled bilinearly in the network")
+                        help="stride of the outputs: 2 refines the embedding at stride 2, 1 upsamples that")
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--k", type=int, default=10, help="pixels sampled per segment in the losses")
     parser.add_argument("--device", default="auto", help='torch device: "cpu", "cuda" or "auto"')

@@ -167,3 +167,26 @@ def test_hard_background_adds_the_most_seed_like_background_pixels_with_target_b
     targets = classification_targets(embedding, ids, [0, 2], [0.5], hard)
     assert targets[0, len(sample.index):].tolist() == [0, 0]
     assert with_hard_background(sample, classes, torch.ones_like(ids), count=2) is sample
+
+
+def test_classification_targets_match_masks_grown_pixel_by_pixel():
+    # Random embeddings around four segments: the matrix-product targets equal the IoU >= 0.5
+    # rule evaluated directly on float64 distances, seed by seed and threshold by threshold.
+    torch.manual_seed(3)
+    ids = torch.randint(0, 4, (12, 12))
+    embedding = ids.float()[None].repeat(3, 1, 1) + 0.6 * torch.randn(3, 12, 12)
+    thresholds = (0.25, 0.5, 0.75, 0.9)
+    sample = sample_pixels(ids, k=6, generator=gen())
+    target = classification_targets(embedding, ids, [0, 5, 6, 7], thresholds, sample)
+    e = embedding.reshape(3, -1).double()
+    flat = ids.reshape(-1)
+    for m, (index, segment) in enumerate(zip(sample.index.tolist(), sample.segment.tolist())):
+        seed_id = int(sample.ids[segment])
+        truth = flat == seed_id
+        d = ((e - e[:, index : index + 1]) ** 2).sum(0)
+        for t, tau in enumerate(thresholds):
+            mask = d <= math.log(2 / tau - 1)
+            iou = (mask & truth).sum() / (mask | truth).sum()
+            want = [0, 5, 6, 7][seed_id] if seed_id and iou >= 0.5 else 0
+            assert target[t, m] == want
+    assert (target > 0).any() and (target == 0).any()
