@@ -11,7 +11,7 @@ scripts/setup.sh
 data=${1:-target/shapes-data}
 python -m instseg_train.coco --out "$data" --seed 0 --train 0 --val 200 --test 200 --clips 10
 time python -m instseg_train.train --data "$data" --generate 4000 --out "$data/default.onnx" \
-    --steps 8000 --batch 8 --seed 0 --workers 1 --device cpu --seed-threshold 0.7
+    --steps 6500 --batch 8 --seed 0 --workers 1 --device cpu --seed-threshold 0.7 --output-stride 2
 cp "$data/default.onnx" models/default.onnx
 cargo build --quiet --release --lib
 python -m instseg_train.evaluate --data "$data" --model models/default.onnx --plugin-path target/release

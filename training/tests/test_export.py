@@ -70,6 +70,8 @@ def test_export_fixed_size(model, tmp_path):
                 extra_metadata={"instseg.note": "untrained"})
     assert path.stat().st_size <= 4 * 1024 * 1024
     assert not list(tmp_path.glob("*.data")) and len(list(tmp_path.iterdir())) == 1  # no external data
+    # The class softmax is spelt out (see softmax_over_classes): no slow middle-axis Softmax node.
+    assert "Softmax" not in {node.op_type for node in onnx.load(str(path)).graph.node}
     assert metadata(path) == {
         "instseg.contract": "1",
         "instseg.thresholds": "0.25,0.5,0.75,0.9",
