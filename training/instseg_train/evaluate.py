@@ -29,6 +29,8 @@ from pycocotools import mask as mask_api
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .losses import downsample_ids
+
 
 def run_plugin(paths, model, tracking=True, plugin_path=None, properties=""):
     """Runs the frames (PNG files, in order) through instseg; returns its JSON lines."""
@@ -88,7 +90,7 @@ def grid_bound(annotations, stride: int):
     detections = []
     for annotation in coco.loadAnns(coco.getAnnIds(imgIds=image_ids)):
         mask = coco.annToMask(annotation)
-        cells = mask[stride // 2 :: stride, stride // 2 :: stride]
+        cells = downsample_ids(mask, stride)  # the grid the losses train on
         if not cells.any():
             continue  # no cell centre on the shape: a model with this grid always misses it
         scaled = np.kron(cells, np.ones((stride, stride), np.uint8))[: mask.shape[0], : mask.shape[1]]

@@ -33,7 +33,8 @@ class PixelSample:
 
 
 def downsample_ids(instance_ids: torch.Tensor, stride: int) -> torch.Tensor:
-    """Nearest-neighbour [.., H, W] -> [.., H/stride, W/stride] (centre pixel of each cell)."""
+    """Nearest-neighbour [.., H, W] -> [.., H/stride, W/stride] (centre pixel of each cell), on a
+    tensor or a NumPy array."""
     return instance_ids[..., stride // 2 :: stride, stride // 2 :: stride]
 
 
@@ -132,8 +133,7 @@ def classification_targets(
     e = embedding.detach().reshape(embedding.shape[0], -1).float().t()  # [P, D]
     seeds = e[sample.index]  # [M, D]
     d = (e * e).sum(1)[None, :] + (seeds * seeds).sum(1)[:, None] - 2.0 * seeds @ e.t()  # [M, P]
-    flat_ids = instance_ids.reshape(-1)
-    truth = (flat_ids[None, :] == sample.ids[:, None]).float()  # [S, P] ground truth per segment
+    truth = (instance_ids.reshape(-1)[None, :] == sample.ids[:, None]).float()  # [S, P] ground truth per segment
     inter, size = [], []
     for t in thresholds:
         mask = (d <= math.log(2.0 / t - 1.0)).float()  # [M, P]
