@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.mark.parametrize("options, stride, min_area", [
     ([], 4, None),
-    (["--output-stride", "2", "--workers", "1", "--device", "auto"], 2, "16"),
+    (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1"],
+     2, "16"),
 ])
 def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area):
     import onnx

@@ -6,11 +6,13 @@ Layout written by ``generate_dataset``::
     DIR/train/000001.png ...                 DIR/annotations/instances_train.json
     DIR/val/... DIR/test/...                 DIR/annotations/instances_{val,test}.json
     DIR/clips/v0001_f000.png ...             DIR/annotations/instances_clips.json
+    DIR/train_clips/v0001_f000.png ...       DIR/annotations/instances_train_clips.json
 
 Clip frames carry ``video_id`` and ``frame_index`` in their image entries and ``track_id`` in
-their annotations (a ``videos`` list is added too). CLI::
+their annotations (a ``videos`` list is added too). ``clips`` are held out for evaluation,
+``train_clips`` (from their own seeds) are for training on consecutive frames. CLI::
 
-    python -m instseg_train.coco --out DIR --seed S --train N --val N --test N --clips N
+    python -m instseg_train.coco --out DIR --seed S --train N --val N --test N --clips N [--train-clips N]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import time
+from collections import defaultdict
 from multiprocessing import Pool
 
 import numpy as np
@@ -89,19 +92,20 @@ def write_coco(directory: str, split_name: str, items, categories=SHAPE_CATEGORI
 def _render(job):
     kind, seed, size, frames = job
     rng = np.random.default_rng(seed)
-    if kind == "clips":
+    if kind in ("clips", "train_clips"):
         return render_clip(rng, frames=frames, size=size)
     return render_scene(rng, size=size)
 
 
 def generate_dataset(directory: str, seed: int, train: int = 1000, val: int = 200, test: int = 200,
                      clips: int = 10, size: tuple[int, int] = (256, 256), frames: int = 16,
-                     workers: int = 1) -> dict:
+                     workers: int = 1, train_clips: int = 0) -> dict:
     """Renders and writes the splits; each split (and each item) has its own seed derived from
-    ``seed``, so the output is identical for a seed whatever ``workers`` is. Returns
-    {split: json path}."""
-    split_seeds = dict(zip(("train", "val", "test", "clips"), np.random.SeedSequence(seed).spawn(4)))
-    counts = {"train": train, "val": val, "test": test, "clips": clips}
+    ``seed``, so the output is identical for a seed whatever ``workers`` is and whatever the
+    other splits' sizes are. Returns {split: json path}."""
+    names = ("train", "val", "test", "clips", "train_clips")
+    split_seeds = dict(zip(names, np.random.SeedSequence(seed).spawn(len(names))))
+    counts = {"train": train, "val": val, "test": test, "clips": clips, "train_clips": train_clips}
     paths = {}
     with Pool(workers) if workers > 1 else _Serial() as pool:
         for split, n in counts.items():
@@ -170,32 +174,45 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Original-size numpy sample: (image uint8 [h,w,3], id map int64 [h,w], classes [N])."""
+    def painted(self, index: int, key: str | None = None):
+        """(image uint8 [h,w,3], map int64 [h,w], instances): the map holds 1 + an index into
+        ``instances`` (0 = background), later annotations painted over earlier ones;
+        ``instances`` lists (annotation[key], class in 1..C), or (annotation id, class) when
+        ``key`` is None. Instances may have no pixel left."""
         info = self.coco.imgs[self.image_ids[index]]
         with Image.open(os.path.join(self.images_dir, info["file_name"])) as im:
             image = np.asarray(im.convert("RGB"))
-        ids = np.zeros(image.shape[:2], np.int64)
-        cats = []
+        painted = np.zeros(image.shape[:2], np.int64)
+        instances = []
         for ann in self.coco.imgToAnns.get(info["id"], []):
             if ann.get("iscrowd", 0):
                 continue
-            m = self.coco.annToMask(ann).astype(bool)
-            cats.append(self.cat_to_label[ann["category_id"]])
-            ids[m] = len(cats)
-        present = np.unique(ids)[1:] if ids.any() else np.zeros(0, np.int64)
-        remap = np.zeros(len(cats) + 1, np.int64)
+            instances.append((ann[key or "id"], self.cat_to_label[ann["category_id"]]))
+            painted[self.coco.annToMask(ann).astype(bool)] = len(instances)
+        return image, painted, instances
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Original-size numpy sample: (image uint8 [h,w,3], id map int64 [h,w], classes [N])."""
+        image, painted, instances = self.painted(index)
+        present = np.unique(painted)[1:] if painted.any() else np.zeros(0, np.int64)
+        remap = np.zeros(len(instances) + 1, np.int64)
         remap[present] = np.arange(1, len(present) + 1)
-        return image, remap[ids], np.array(cats, np.int64)[present - 1]
+        classes = np.array([c for _, c in instances], np.int64)
+        return image, remap[painted], classes[present - 1]
 
     def __getitem__(self, index: int):
         image, ids, classes = self.load(index)
+        img, ids = self.tensors(image, ids, self.hflip and bool(torch.rand(()) < 0.5))
+        return img, ids, torch.from_numpy(classes)
+
+    def tensors(self, image: np.ndarray, ids: np.ndarray, flip: bool):
+        """Resized (``size``), optionally flipped: (image float [3,H,W] in 0..1, ids [H,W])."""
         if self.size is not None:
             image, ids = self._resize(image, ids)
-        if self.hflip and torch.rand(()) < 0.5:
+        if flip:
             image, ids = image[:, ::-1], ids[:, ::-1]
         img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
-        return img, torch.from_numpy(np.ascontiguousarray(ids)), torch.from_numpy(classes)
+        return img, torch.from_numpy(np.ascontiguousarray(ids))
 
     def _resize(self, image: np.ndarray, ids: np.ndarray):
         out_h, out_w = self.size
@@ -215,6 +232,45 @@ class CocoInstances(Dataset):
         return out_img, out_ids
 
 
+class ClipPairs(Dataset):
+    """Pairs of consecutive frames from the clips of a COCO dataset (images with ``video_id``
+    and ``frame_index``, annotations with ``track_id``), read through ``frames`` (a
+    CocoInstances: its size and hflip apply, the same flip to both frames): (images [2,3,H,W],
+    ids [2,H,W], classes [N]) where an id names the same track in both frames (1..N over the
+    tracks visible in either)."""
+
+    def __init__(self, frames: CocoInstances):
+        self.frames = frames
+        videos = defaultdict(dict)
+        for index, image_id in enumerate(frames.image_ids):
+            info = frames.coco.imgs[image_id]
+            if "video_id" in info:
+                videos[info["video_id"]][info["frame_index"]] = index
+        self.pairs = [(f[k], f[k + 1]) for _, f in sorted(videos.items()) for k in sorted(f) if k + 1 in f]
+        if not self.pairs:
+            raise ValueError("no consecutive clip frames (video_id, frame_index) in the dataset")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        frames = [self.frames.painted(i, key="track_id") for i in self.pairs[index]]
+        visible = {}  # track -> class, over both frames
+        for _, painted, instances in frames:
+            for p in np.unique(painted)[1:]:
+                visible[instances[p - 1][0]] = instances[p - 1][1]
+        track_to_id = {t: i + 1 for i, t in enumerate(sorted(visible))}
+        flip = self.frames.hflip and bool(torch.rand(()) < 0.5)
+        images, ids = [], []
+        for image, painted, instances in frames:
+            remap = np.array([0] + [track_to_id.get(t, 0) for t, _ in instances], np.int64)
+            img, frame_ids = self.frames.tensors(image, remap[painted], flip)
+            images.append(img)
+            ids.append(frame_ids)
+        classes = torch.tensor([visible[t] for t in sorted(visible)], dtype=torch.long)
+        return torch.stack(images), torch.stack(ids), classes
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Generate the procedural shapes COCO dataset.")
     p.add_argument("--out", required=True)
@@ -223,14 +279,15 @@ def main(argv=None) -> None:
     p.add_argument("--val", type=int, default=200)
     p.add_argument("--test", type=int, default=200)
     p.add_argument("--clips", type=int, default=10)
+    p.add_argument("--train-clips", type=int, default=0, help="clips for training (own seeds)")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     paths = generate_dataset(a.out, a.seed, a.train, a.val, a.test, a.clips, tuple(a.size),
-                             a.frames, a.workers)
-    n = a.train + a.val + a.test + a.clips * a.frames
+                             a.frames, a.workers, a.train_clips)
+    n = a.train + a.val + a.test + (a.clips + a.train_clips) * a.frames
     dt = time.perf_counter() - t0
     for split, path in paths.items():
         print(f"{split}: {path}")

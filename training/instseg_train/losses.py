@@ -197,22 +197,42 @@ def classification_weight(step: int, ramp_steps: int, final: float = 0.2) -> flo
 
 def total_loss(
     embedding, classes, instance_ids, instance_classes, thresholds, step: int, ramp_steps: int,
-    k: int = 10, generator=None, final_weight: float = 0.2, hard_background: int = 0,
+    k: int = 10, generator=None, final_weight: float = 0.2, hard_background: int = 0, pairs: int = 0,
 ):
     """L = L_e + lambda(step) * L_cls, both on the same pixel sample of each image (L_cls also on
-    the `hard_background` most seed-like background pixels, see `with_hard_background`).
+    the `hard_background` most seed-like background pixels, see `with_hard_background`), averaged
+    over the images.
+
+    The last 2 * `pairs` images of the batch are pairs of consecutive video frames (2j, 2j + 1
+    of that tail) whose ids name the same object in both. Their L_e is taken over the two frames
+    as one image, so an object is one segment across the pair: its embedding must stay put from
+    frame to frame, which is what the element's tracks match their stored embedding against.
+    L_cls stays per frame (masks are grown within a frame).
     Returns (L, {"embedding": L_e, "classification": L_cls, "lambda": lambda}) (parts detached)."""
+    if embedding.dim() == 3:
+        embedding, classes, instance_ids = embedding[None], classes[None], instance_ids[None]
+        instance_classes = [instance_classes]
+    n = embedding.shape[0]
+    if pairs < 0 or 2 * pairs > n:
+        raise ValueError(f"{pairs} frame pairs do not fit in a batch of {n}")
     lam = classification_weight(step, ramp_steps, final_weight)
-    parts = []
+    losses, parts = [], []
 
-    def one(emb, cls, ids, table):
-        sample = sample_pixels(ids, k, generator)
-        le = _embedding_loss_one(emb, sample)
-        hard = with_hard_background(sample, cls, ids, hard_background)
-        lc = _classification_loss_one(emb, cls, ids, table, thresholds, hard)
+    def add(le, i, sample):
+        hard = with_hard_background(sample, classes[i], instance_ids[i], hard_background)
+        lc = _classification_loss_one(embedding[i], classes[i], instance_ids[i], instance_classes[i],
+                                      thresholds, hard)
+        losses.append(le + lam * lc)
         parts.append((le.detach(), lc.detach()))
-        return le + lam * lc
 
-    loss = _batched(one, embedding, classes, instance_ids, instance_classes)
+    stills = n - 2 * pairs
+    for i in range(stills):
+        sample = sample_pixels(instance_ids[i], k, generator)
+        add(_embedding_loss_one(embedding[i], sample), i, sample)
+    for i in range(stills, n, 2):
+        joint = sample_pixels(torch.cat([instance_ids[i], instance_ids[i + 1]], -1), k, generator)
+        le = _embedding_loss_one(torch.cat([embedding[i], embedding[i + 1]], -1), joint)
+        for frame in (i, i + 1):
+            add(le, frame, sample_pixels(instance_ids[frame], k, generator))
     le, lc = (torch.stack(p).mean() for p in zip(*parts))
-    return loss, {"embedding": le, "classification": lc, "lambda": lam}
+    return torch.stack(losses).mean(), {"embedding": le, "classification": lc, "lambda": lam}

@@ -4,8 +4,11 @@ the element's model contract.
     python -m instseg_train.train --data DIR --out model.onnx [--steps N --batch B --size H W]
 
 With ``--generate N`` a procedural shapes dataset of N training images is rendered into DIR
-first (``instseg_train.coco.generate_dataset``). Everything is seeded (``--seed``), so the
-same command gives the same model on the same machine.
+first (``instseg_train.coco.generate_dataset``; ``--generate-clips M`` adds M training clips).
+With ``--pairs P`` every batch holds P pairs of consecutive clip frames from DIR's
+``train_clips`` split in place of 2P still images; their embedding loss spans both frames (see
+``losses.total_loss``), which keeps instance identities stable in the element. Everything is
+seeded (``--seed``), so the same command gives the same model on the same machine.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .coco import CocoInstances, generate_dataset
+from .coco import ClipPairs, CocoInstances, generate_dataset
 from .export import check_export, export_onnx
 from .losses import downsample_ids, total_loss
 from .model import InstSegNet
@@ -32,11 +35,24 @@ def collate(batch):
     return torch.stack(images), torch.stack(ids), tables
 
 
+def collate_pairs(batch):
+    """Pairs (images [2, 3, H, W], ids [2, H, W], classes) flatten to frames [2P, ...], each
+    pair's class table repeated for both of its frames."""
+    images, ids, tables = collate(batch)
+    return images.flatten(0, 1), ids.flatten(0, 1), [t for t in tables for _ in range(2)]
+
+
+def forever(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
           seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
-          width: int = 16, device: str = "auto") -> InstSegNet:
+          width: int = 16, device: str = "auto", pairs: int = 0) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
@@ -44,7 +60,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     written to the ONNX file as the element's recommended ``seed-threshold``. The classification
     loss also sees the ``hard_background`` most seed-like background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
-    stays on seeded CPU generators, but GPU kernels are not bit-reproducible."""
+    stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
+    ``batch`` images per step are pairs of consecutive frames from ``data/train_clips``."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
@@ -58,31 +75,40 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
     shuffle = torch.Generator().manual_seed(seed)
     sampling = torch.Generator().manual_seed(seed + 1)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=shuffle, drop_last=True,
-                        collate_fn=collate, num_workers=workers)
+    if not 0 <= 2 * pairs < batch:
+        raise ValueError(f"--pairs {pairs} leaves no still image in a batch of {batch}")
+    batches = forever(DataLoader(dataset, batch_size=batch - 2 * pairs, shuffle=True, generator=shuffle,
+                                 drop_last=True, collate_fn=collate, num_workers=workers))
+    if pairs:
+        clips = ClipPairs(CocoInstances(os.path.join(data, "train_clips"),
+                                        os.path.join(data, "annotations", "instances_train_clips.json"),
+                                        size=tuple(size), hflip=True))
+        pair_batches = forever(DataLoader(clips, batch_size=pairs, shuffle=True, drop_last=True,
+                                          generator=torch.Generator().manual_seed(seed + 2),
+                                          collate_fn=collate_pairs, num_workers=workers))
     ramp = ramp_steps if ramp_steps is not None else max(1, steps // 4)
-    step, started = 0, time.perf_counter()
+    started = time.perf_counter()
     model.train()
-    while step < steps:
-        for images, ids, tables in loader:
-            images, ids = images.to(device), ids.to(device)
-            embedding, classes = model(model.normalize(images * 255.0))
-            loss, parts = total_loss(embedding, classes, downsample_ids(ids, output_stride), tables,
-                                     model.thresholds, step, ramp, k=k, generator=sampling,
-                                     hard_background=hard_background)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            step += 1
-            if step % log_every == 0 or step == steps:
-                print(f"step {step}/{steps} loss {loss.item():.4f} (embedding "
-                      f"{parts['embedding'].item():.4f}, classes {parts['classification'].item():.4f}, "
-                      f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.1f} s", flush=True)
-            if step % checkpoint_every == 0 or step == steps:
-                torch.save(model.state_dict(), out + ".pt")
-            if step == steps:
-                break
+    for step in range(1, steps + 1):
+        images, ids, tables = next(batches)
+        if pairs:
+            frames, frame_ids, frame_tables = next(pair_batches)
+            images, ids, tables = torch.cat([images, frames]), torch.cat([ids, frame_ids]), tables + frame_tables
+        images, ids = images.to(device), ids.to(device)
+        embedding, classes = model(model.normalize(images * 255.0))
+        loss, parts = total_loss(embedding, classes, downsample_ids(ids, output_stride), tables,
+                                 model.thresholds, step - 1, ramp, k=k, generator=sampling,
+                                 hard_background=hard_background, pairs=pairs)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % log_every == 0 or step == steps:
+            print(f"step {step}/{steps} loss {loss.item():.4f} (embedding "
+                  f"{parts['embedding'].item():.4f}, classes {parts['classification'].item():.4f}, "
+                  f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.1f} s", flush=True)
+        if step % checkpoint_every == 0 or step == steps:
+            torch.save(model.state_dict(), out + ".pt")
     model.cpu().eval()
     # The element's default min-area (4 output pixels) is meant for stride 4: keep its frame area.
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
@@ -97,6 +123,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data", required=True, help="COCO dataset directory (train split used)")
     parser.add_argument("--out", required=True, help="ONNX file to write")
     parser.add_argument("--generate", type=int, default=0, help="render N shapes images into --data first")
+    parser.add_argument("--generate-clips", type=int, default=0, help="and M training clips of 16 frames")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="pairs of consecutive clip frames (train_clips split) per batch, in place of stills")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -114,13 +143,13 @@ def main(argv=None) -> None:
     parser.add_argument("--hard-background", type=int, default=10,
                         help="most seed-like background pixels added to the classification loss")
     args = parser.parse_args(argv)
-    if args.generate:
+    if args.generate or args.generate_clips:
         generate_dataset(args.data, seed=args.seed, train=args.generate, val=0, test=0, clips=0,
-                         size=tuple(args.size), workers=os.cpu_count() or 1)
+                         size=tuple(args.size), workers=os.cpu_count() or 1, train_clips=args.generate_clips)
     train(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, size=args.size,
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
           seed_threshold=args.seed_threshold, hard_background=args.hard_background,
-          output_stride=args.output_stride, width=args.width, k=args.k, device=args.device)
+          output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from instseg_train.coco import CocoInstances, generate_dataset, main, write_coco
+from instseg_train.coco import ClipPairs, CocoInstances, generate_dataset, main, write_coco
 from instseg_train.shapes import render_clip, render_scene
 
 SIZE = (48, 64)
@@ -67,6 +67,47 @@ def test_generate_dataset_reproducible(tmp_path):
     # splits come from different seeds
     assert not filecmp.cmp(tmp_path / "a/train/000001.png", tmp_path / "a/val/000001.png", shallow=False)
     assert len(json.load(open(a["clips"]))["images"]) == 3
+    # training clips have their own seeds and leave the other splits as they were
+    d = generate_dataset(str(tmp_path / "d"), seed=7, train_clips=2, **kw)
+    assert set(d) == set(a) | {"train_clips"}
+    for split in a:
+        assert filecmp.cmp(a[split], d[split], shallow=False)
+    assert not filecmp.cmp(tmp_path / "d/clips/v0001_f000.png", tmp_path / "d/train_clips/v0001_f000.png",
+                           shallow=False)
+
+
+def test_clip_pairs_give_one_id_per_track_across_both_frames(tmp_path):
+    rng = np.random.default_rng(4)
+    clips = [render_clip(rng, frames=3, size=SIZE) for _ in range(2)]
+    path = write_coco(str(tmp_path), "clips", [render_scene(rng, size=SIZE)] + clips)
+    pairs = ClipPairs(CocoInstances(str(tmp_path / "clips"), path))
+    assert len(pairs) == 4  # 2 per clip; the still image is no clip
+    for index, (clip, f) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        images, ids, classes = pairs[index]
+        assert images.shape == (2, 3) + SIZE and ids.shape == (2,) + SIZE
+        frames = clips[clip][f:f + 2]
+        tracks = sorted(set().union(*(set(t.tolist()) for _, _, _, t in frames)))
+        assert classes.shape == (len(tracks),)
+        for k, (image, masks, cls, track_ids) in enumerate(frames):
+            np.testing.assert_array_equal((images[k].numpy() * 255).round().astype(np.uint8).transpose(1, 2, 0),
+                                          image)
+            for mask, c, t in zip(masks, cls, track_ids):
+                wanted = tracks.index(t) + 1  # the same id in both frames
+                assert set(np.unique(ids[k].numpy()[mask])) == {wanted}
+                assert classes[wanted - 1] == c
+            assert (ids[k].numpy()[~masks.any(0)] == 0).all()
+    flipped = ClipPairs(CocoInstances(str(tmp_path / "clips"), path, hflip=True))
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    for index in range(len(flipped)):  # both frames flip together
+        images, ids, _ = flipped[index]
+        plain, plain_ids, _ = pairs[index]
+        same = [torch.equal(ids[k], plain_ids[k]) for k in range(2)]
+        mirrored = [torch.equal(ids[k], plain_ids[k].flip(-1)) for k in range(2)]
+        assert all(same) or all(mirrored)
+    with pytest.raises(ValueError, match="no consecutive clip frames"):
+        scenes = write_coco(str(tmp_path), "stills", [render_scene(rng, size=SIZE)])
+        ClipPairs(CocoInstances(str(tmp_path / "stills"), scenes))
 
 
 def test_cli(tmp_path, capsys):

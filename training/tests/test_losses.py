@@ -154,6 +154,39 @@ def test_total_loss_on_model_outputs_has_finite_gradients():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+def test_frame_pairs_take_the_embedding_loss_over_both_frames():
+    # D = 1, two 1 x 4 frames, K = 4: background (id 0) at e = 0 in both, object 1 at e = 3 in
+    # the first frame and at e = 0.3 in the second. Per frame the object is far from the
+    # background; over the pair its two halves are 2.7 apart and its second half sits next to
+    # the background, so only the joint loss asks it to stay put.
+    ids = torch.tensor([[[0, 0, 1, 1]], [[0, 0, 1, 1]]])
+    embedding = torch.tensor([[[[0.0, 0.0, 3.0, 3.0]]], [[[0.0, 0.0, 0.3, 0.3]]]])
+    classes = torch.full((2, 1, 2, 1, 4), 0.5)  # T = 1, C = 1
+    tables = [torch.tensor([0, 1])] * 2
+    kw = dict(step=0, ramp_steps=10, k=4)  # lambda 0: L_e only
+    per_frame, _ = total_loss(embedding, classes, ids, tables, [0.5], generator=gen(), **kw)
+    joint, parts = total_loss(embedding, classes, ids, tables, [0.5], generator=gen(), pairs=1, **kw)
+    # Joint: 4 background samples at 0, object samples 3, 3, 0.3, 0.3 (8 samples, 56 ordered
+    # pairs of weight 1/56): bg-bg 12 x 0; obj-obj 4 x (d=0) + 8 x -log sigma(2.7^2);
+    # bg-obj 16 x -log(1 - sigma(9)) + 16 x -log(1 - sigma(0.09)).
+    expected = (8 * -math.log(sigma(2.7 ** 2)) + 16 * -math.log(1 - sigma(9))
+                + 16 * -math.log(1 - sigma(0.09))) / 56
+    assert joint.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["embedding"].item() == pytest.approx(expected, rel=1e-5)
+    # Per frame: 4 samples of each segment (with replacement, all at the same value), 32 of the
+    # 56 ordered pairs are bg-obj.
+    frame_one = 32 * -math.log(1 - sigma(9)) / 56
+    frame_two = 32 * -math.log(1 - sigma(0.09)) / 56
+    assert per_frame.item() == pytest.approx((frame_one + frame_two) / 2, rel=1e-5)
+    # the same object at the same place in both frames: joint equals per frame
+    still = embedding[:1].expand(2, -1, -1, -1)
+    a, _ = total_loss(still, classes, ids, tables, [0.5], generator=gen(), pairs=1, **kw)
+    b, _ = total_loss(still, classes, ids, tables, [0.5], generator=gen(), **kw)
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        total_loss(embedding, classes, ids, tables, [0.5], pairs=2, **kw)
+
+
 def test_hard_background_adds_the_most_seed_like_background_pixels_with_target_background():
     # 1 x 4 grid: pixels 0, 1, 3 are background, pixel 2 is instance 1 (class 2). T = 1, C = 2.
     ids = torch.tensor([[0, 0, 1, 0]])
