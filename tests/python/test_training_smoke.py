@@ -13,12 +13,12 @@ from core_cases import example_binary
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("options, stride, min_area", [
-    ([], 4, None),
-    (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1"],
-     2, "16"),
+@pytest.mark.parametrize("options, stride, min_area, alpha", [
+    ([], 4, None, None),
+    (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1",
+      "--alpha", "0"], 2, "16", "0"),
 ])
-def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area):
+def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area, alpha):
     import onnx
 
     from instseg_train.train import main
@@ -32,6 +32,7 @@ def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area)
     assert outputs["embedding"] == [1, 8, 64 // stride, 64 // stride]
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert metadata.get("instseg.min-area") == min_area
+    assert metadata.get("instseg.alpha") == alpha
     done = subprocess.run([str(example_binary("run_pipeline")), "--provider", "cpu", "--model",
                            str(model), "--frames", "5", "--size", "160x120"],
                           check=True, capture_output=True, text=True)
