@@ -43,7 +43,10 @@ def collate_pairs(batch):
 
 
 def forever(loader):
-    """The loader's batches, epoch after epoch."""
+    """The loader's batches, epoch after epoch (refused when a batch does not fit the data,
+    which would otherwise loop without a batch)."""
+    if len(loader) == 0:
+        raise ValueError(f"{len(loader.dataset)} samples make no batch of {loader.batch_size}")
     while True:
         yield from loader
 
