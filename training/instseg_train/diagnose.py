@@ -1,0 +1,149 @@
+"""Where a model loses mask AP: runs the ONNX model (onnxruntime, CPU) on a COCO split's still
+images, segments with the NumPy reference post-processing (``postprocess.py``) and, on the
+output grid, sorts every ground-truth instance that gets no mask of its class with IoU >= 0.5
+into one cause:
+
+- ``wrong class``: a mask of another class has IoU >= 0.5 with it;
+- ``unseeded``: no mask covers 30% of it (no seed was found on it);
+- ``merged``: the mask that overlaps it most also covers most of another instance;
+- ``split``: none of the above: the masks on it are too partial (or too large).
+
+A missed instance is also marked ``embedding fits`` when a mask grown from one of its pixels
+(up to 64 of them, evenly spread) at one of the model's thresholds has IoU >= 0.5 with it:
+then the class head (seediness, class or threshold), not the embedding, lost it. Masks that
+match no instance are counted as ``on background`` (mostly outside every instance) or
+``fragment`` (parts, duplicates or wrong classes of instances).
+
+    python -m instseg_train.diagnose --data DIR --model model.onnx [--split val] [--images N]
+
+Post-processing settings default to those recommended in the model file, else SPEC.md's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+
+import numpy as np
+
+from .coco import CocoInstances
+from .losses import downsample_ids
+from .postprocess import distance_limit, postprocess
+
+COVERED = 0.3  # share of an instance a mask must cover for the instance to count as seeded
+PROBES = 64  # pixels per missed instance tried as seeds in the embedding test
+
+
+def _mean_std(meta: dict, key: str, default: float) -> np.ndarray:
+    values = meta.get(key)
+    parts = [float(v) for v in values.split(",")] if values else [default] * 3
+    return np.array(parts, np.float32)[:, None, None]
+
+
+def embedding_fits(embedding: np.ndarray, truth: np.ndarray, thresholds) -> bool:
+    """Whether some pixel of ``truth`` (bool [h, w]) grows, at some threshold, a mask
+    {q : d(p, q) <= ln(2 / tau - 1)} of IoU >= 0.5 with it; embedding is [D, h, w]."""
+    e = embedding.reshape(embedding.shape[0], -1).T.astype(np.float32)  # [P, D]
+    inside = truth.reshape(-1)
+    members = np.flatnonzero(inside)
+    probes = e[members[np.linspace(0, len(members) - 1, min(len(members), PROBES)).astype(int)]]
+    d = (e * e).sum(1)[None] + (probes * probes).sum(1)[:, None] - 2.0 * probes @ e.T  # [n, P]
+    for tau in thresholds:
+        mask = d <= distance_limit(tau)
+        inter = mask[:, inside].sum(1)
+        if np.any(2 * inter >= mask.sum(1) + len(members) - inter):
+            return True
+    return False
+
+
+def miss_causes(embedding, thresholds, truth_ids, truth_classes, instances, labels):
+    """(causes of the missed instances, causes of the unmatched masks) of one image, on the
+    grid: truth_ids [h, w] (0 = background, i = truth_classes[i - 1]), the post-processing's
+    instances and label map."""
+    masks = [labels == k.region for k in instances]
+    truths = [truth_ids == i for i in range(1, len(truth_classes) + 1)]
+    iou = np.zeros((len(masks), len(truths)))
+    for m, mask in enumerate(masks):
+        for i, truth in enumerate(truths):
+            iou[m, i] = (mask & truth).sum() / max((mask | truth).sum(), 1)
+    same_class = np.array([k.class_id for k in instances])[:, None] == np.array(truth_classes)[None, :]
+    missed = []
+    for i, truth in enumerate(truths):
+        if not truth.any() or np.any((iou[:, i] >= 0.5) & same_class[:, i]):
+            continue
+        overlap = np.array([(m & truth).sum() for m in masks])
+        if np.any(iou[:, i] >= 0.5):
+            cause = "wrong class"
+        elif overlap.sum() < COVERED * truth.sum():
+            cause = "unseeded"
+        elif any((masks[overlap.argmax()] & other).sum() > 0.5 * other.sum()
+                 for j, other in enumerate(truths) if j != i and other.any()):
+            cause = "merged"
+        else:
+            cause = "split"
+        fits = "embedding fits" if embedding_fits(embedding, truth, thresholds) else "embedding does not fit"
+        missed.append(f"{cause}, {fits}")
+    unmatched = []
+    on_truth = truth_ids > 0
+    for m, (row, classes) in enumerate(zip(iou, same_class)):
+        if not np.any((row >= 0.5) & classes):
+            unmatched.append("fragment" if (masks[m] & on_truth).sum() * 2 > masks[m].sum() else "on background")
+    return missed, unmatched
+
+
+def diagnose(annotations: str, images_dir: str, model: str, images: int | None = None,
+             seed_threshold=None, alpha=None, min_area=None) -> dict:
+    """Counts of the causes over the split's still images (the first ``images`` of them)."""
+    import onnx
+    import onnxruntime as ort
+
+    meta = {p.key: p.value for p in onnx.load(model).metadata_props}
+    thresholds = [float(v) for v in meta.get("instseg.thresholds", "0.25,0.5,0.75,0.9").split(",")]
+    settings = {"seed_threshold": (seed_threshold, "instseg.seed-threshold", 0.5),
+                "alpha": (alpha, "instseg.alpha", 0.3), "min_area": (min_area, "instseg.min-area", 4)}
+    settings = {name: type(fallback)(given if given is not None else meta.get(key, fallback))
+                for name, (given, key, fallback) in settings.items()}
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape[2:]
+    if not all(isinstance(s, int) for s in shape):
+        width, height = map(int, meta.get("instseg.input-size", "256x256").split("x"))
+        shape = [height, width]
+    data = CocoInstances(images_dir, annotations, size=tuple(shape), resize=meta.get("instseg.resize", "letterbox"))
+    mean, std = _mean_std(meta, "instseg.mean", 0.0), _mean_std(meta, "instseg.std", 1.0)
+    still = [i for i, image_id in enumerate(data.image_ids) if "video_id" not in data.coco.imgs[image_id]]
+    missed, unmatched, truths, detections = Counter(), Counter(), 0, 0
+    for index in still[:images]:
+        image, ids, classes = data[index]
+        x = ((image.numpy() - mean) / std)[None].astype(np.float32)
+        embedding, probabilities = session.run(["embedding", "classes"], {session.get_inputs()[0].name: x})
+        grid = downsample_ids(ids.numpy(), shape[0] // embedding.shape[2])
+        instances, labels = postprocess(embedding[0], probabilities[0], thresholds, **settings)
+        lost, extra = miss_causes(embedding[0], thresholds, grid, classes.tolist(), instances, labels)
+        missed.update(lost)
+        unmatched.update(extra)
+        truths += len(np.unique(grid[grid > 0]))
+        detections += len(instances)
+    return {"images": len(still[:images]), "settings": settings, "instances": truths,
+            "missed": dict(missed.most_common()), "masks": detections, "unmatched masks": dict(unmatched)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="COCO dataset directory")
+    parser.add_argument("--model", required=True, help="ONNX model (instseg contract 1)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--images", type=int, default=None, help="only the first N still images")
+    parser.add_argument("--seed-threshold", type=float, default=None)
+    parser.add_argument("--alpha", type=float, default=None)
+    parser.add_argument("--min-area", type=int, default=None)
+    args = parser.parse_args(argv)
+    report = diagnose(os.path.join(args.data, "annotations", f"instances_{args.split}.json"),
+                      os.path.join(args.data, args.split), args.model, args.images,
+                      args.seed_threshold, args.alpha, args.min_area)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
