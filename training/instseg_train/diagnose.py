@@ -29,6 +29,7 @@ from collections import Counter
 import numpy as np
 
 from .coco import CocoInstances
+from .export import input_size, read_metadata
 from .losses import downsample_ids
 from .postprocess import distance_limit, postprocess
 
@@ -96,21 +97,17 @@ def miss_causes(embedding, thresholds, truth_ids, truth_classes, instances, labe
 def diagnose(annotations: str, images_dir: str, model: str, images: int | None = None,
              seed_threshold=None, alpha=None, min_area=None) -> dict:
     """Counts of the causes over the split's still images (the first ``images`` of them)."""
-    import onnx
     import onnxruntime as ort
 
-    meta = {p.key: p.value for p in onnx.load(model).metadata_props}
+    meta = read_metadata(model)
     thresholds = [float(v) for v in meta.get("instseg.thresholds", "0.25,0.5,0.75,0.9").split(",")]
     settings = {"seed_threshold": (seed_threshold, "instseg.seed-threshold", 0.5),
                 "alpha": (alpha, "instseg.alpha", 0.3), "min_area": (min_area, "instseg.min-area", 4)}
     settings = {name: type(fallback)(given if given is not None else meta.get(key, fallback))
                 for name, (given, key, fallback) in settings.items()}
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    shape = session.get_inputs()[0].shape[2:]
-    if not all(isinstance(s, int) for s in shape):
-        width, height = map(int, meta.get("instseg.input-size", "256x256").split("x"))
-        shape = [height, width]
-    data = CocoInstances(images_dir, annotations, size=tuple(shape), resize=meta.get("instseg.resize", "letterbox"))
+    shape = input_size(session, meta)
+    data = CocoInstances(images_dir, annotations, size=shape, resize=meta.get("instseg.resize", "letterbox"))
     mean, std = _mean_std(meta, "instseg.mean", 0.0), _mean_std(meta, "instseg.std", 1.0)
     still = [i for i, image_id in enumerate(data.image_ids) if "video_id" not in data.coco.imgs[image_id]]
     missed, unmatched, truths, detections = Counter(), Counter(), 0, 0

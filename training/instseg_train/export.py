@@ -80,6 +80,21 @@ def export_onnx(model, path, input_size=(256, 256), labels=None, thresholds=None
     return meta
 
 
+def read_metadata(path) -> dict[str, str]:
+    """The metadata_props of an ONNX file as a dict."""
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def input_size(session, metadata: dict[str, str]) -> tuple[int, int]:
+    """(height, width) the element feeds the file: its input's fixed H and W, or
+    ``instseg.input-size`` (default 256x256) when they are dynamic (SPEC.md section 1)."""
+    shape = session.get_inputs()[0].shape[2:]
+    if all(isinstance(s, int) for s in shape):
+        return tuple(shape)
+    width, height = map(int, metadata.get("instseg.input-size", "256x256").split("x"))
+    return height, width
+
+
 def check_export(model, path, trials: int = 3, atol: float = 1e-4, seed: int = 0) -> None:
     """Runs the ONNX file with onnxruntime (CPU) on random normal inputs and asserts both
     outputs match the PyTorch model (eval mode) within atol. Dynamic H/W files are also tried
@@ -90,11 +105,10 @@ def check_export(model, path, trials: int = 3, atol: float = 1e-4, seed: int = 0
     shape = session.get_inputs()[0].shape
     names = [o.name for o in session.get_outputs()]
     assert names == ["embedding", "classes"], names
-    sizes = [tuple(shape[2:])]
+    height, width = input_size(session, read_metadata(path))
+    sizes = [(height, width)]
     if not all(isinstance(s, int) for s in shape[2:]):
-        width, height = map(int, dict((p.key, p.value) for p in onnx.load(str(path)).metadata_props)
-                            .get("instseg.input-size", "256x256").split("x"))
-        sizes = [(height, width), (max(16, height // 32 * 16), width + 32)]  # multiples of 16
+        sizes.append((max(16, height // 32 * 16), width + 32))  # multiples of 16
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
