@@ -16,7 +16,8 @@ match no instance are counted as ``on background`` (mostly outside every instanc
 
     python -m instseg_train.diagnose --data DIR --model model.onnx [--split val] [--images N]
 
-Post-processing settings default to those recommended in the model file, else SPEC.md's.
+Post-processing settings default to those recommended in the model file, else SPEC.md's
+(the report lists those that are not SPEC.md's defaults).
 """
 
 from __future__ import annotations
@@ -101,10 +102,12 @@ def diagnose(annotations: str, images_dir: str, model: str, images: int | None =
 
     meta = read_metadata(model)
     thresholds = [float(v) for v in meta.get("instseg.thresholds", "0.25,0.5,0.75,0.9").split(",")]
-    settings = {"seed_threshold": (seed_threshold, "instseg.seed-threshold", 0.5),
-                "alpha": (alpha, "instseg.alpha", 0.3), "min_area": (min_area, "instseg.min-area", 4)}
-    settings = {name: type(fallback)(given if given is not None else meta.get(key, fallback))
-                for name, (given, key, fallback) in settings.items()}
+    settings = {}  # what is neither given nor in the file keeps postprocess's (SPEC.md's) default
+    for name, given, key, kind in (("seed_threshold", seed_threshold, "instseg.seed-threshold", float),
+                                   ("alpha", alpha, "instseg.alpha", float),
+                                   ("min_area", min_area, "instseg.min-area", int)):
+        if given is not None or key in meta:
+            settings[name] = kind(given if given is not None else meta[key])
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     shape = input_size(session, meta)
     data = CocoInstances(images_dir, annotations, size=shape, resize=meta.get("instseg.resize", "letterbox"))
