@@ -93,27 +93,38 @@ class InstSegNet(nn.Module):
         self.class_head = nn.Conv2d(k3, len(self.thresholds) * (num_classes + 1), 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding, logits = self.native_outputs(image)
+        out_size = (image.shape[-2] // self.output_stride, image.shape[-1] // self.output_stride)
+        if self.output_stride == 1:  # the network computes the embedding at stride 2
+            embedding = F.interpolate(embedding, size=out_size, mode="bilinear", align_corners=False)
+        return embedding, self.class_probabilities(logits, out_size)
+
+    def native_outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding at the finest stride the network computes, 4 or 2; class logits at
+        stride 8), before any bilinear upsampling: training at output stride 1 grows its
+        classification targets on the stride-2 grid (see train.training_outputs)."""
         x1 = self.stage1(image)
         x2 = self.stage2(x1)
         x3 = self.stage3(x2)
         x4 = self.stage4(x3)
         y = self.up3(torch.cat([F.interpolate(x4, size=x3.shape[-2:], mode="nearest"), x3], 1))
         y = self.up2(torch.cat([F.interpolate(y, size=x2.shape[-2:], mode="nearest"), x2], 1))
-        out_size = (image.shape[-2] // self.output_stride, image.shape[-1] // self.output_stride)
         if self.output_stride == 4:
             embedding = self.embedding_head(self.neck(y))
         else:
             y = F.interpolate(self.reduce(y), size=x1.shape[-2:], mode="bilinear", align_corners=False)
             embedding = self.embedding_head(self.refine(torch.cat([y, x1], 1)))
-            if self.output_stride == 1:
-                embedding = F.interpolate(embedding, size=out_size, mode="bilinear", align_corners=False)
         k3 = self.class_stage3(x2)
         k4 = self.class_stage4(k3)
         k = self.class_up(torch.cat([F.interpolate(k4, size=k3.shape[-2:], mode="nearest"), k3], 1))
-        logits = F.interpolate(self.class_head(k), size=out_size, mode="bilinear", align_corners=False)
+        return embedding, self.class_head(k)
+
+    def class_probabilities(self, logits: torch.Tensor, size) -> torch.Tensor:
+        """Stride-8 class logits -> C^t_pc [N, T, C+1, *size], upsampled bilinearly."""
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         n, _, h, w = logits.shape
         logits = logits.reshape(n, len(self.thresholds), self.num_classes + 1, h, w)
-        return embedding, softmax_over_classes(logits)
+        return softmax_over_classes(logits)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or 0..255 float RGB [N, 3, H, W] -> the network input."""

@@ -51,11 +51,34 @@ def forever(loader):
         yield from loader
 
 
+def training_outputs(model: InstSegNet, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding, classes) for the losses: the model's outputs, except at output stride 1,
+    where they stay on the stride-2 grid the network computes and the exported model upsamples
+    bilinearly. There the classification targets, a mask grown over every output pixel for each
+    sampled pixel, cost a quarter, and the weights are those of the same run at stride 2 (a
+    400-step fine-tune with the embedding loss on the upsampled grid scored lower)."""
+    if model.output_stride != 1:
+        return model(image)
+    embedding, logits = model.native_outputs(image)
+    return embedding, model.class_probabilities(logits, embedding.shape[-2:])
+
+
+def load_matching(model: InstSegNet, weights: dict) -> None:
+    """Loads the tensors of `weights` whose name and shape match the model's; says which not."""
+    own = model.state_dict()
+    kept = {name: t for name, t in weights.items() if name in own and own[name].shape == t.shape}
+    skipped = sorted(set(own) - set(kept))
+    if skipped:
+        print(f"init: {len(skipped)} tensors keep their initialisation: {', '.join(skipped)}", flush=True)
+    model.load_state_dict(kept, strict=False)
+
+
 def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
           seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
-          width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None) -> InstSegNet:
+          width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
+          init: str | None = None) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
@@ -65,7 +88,10 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
     stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
-    ``batch`` images per step are pairs of consecutive frames from ``data/train_clips``."""
+    ``batch`` images per step are pairs of consecutive frames from ``data/train_clips``.
+    ``init`` starts from the weights of an earlier run (its ``.pt`` file), for example the
+    default model's to fine-tune on other data; tensors whose shape differs (a class head for
+    another number of classes) keep their fresh initialisation."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
@@ -75,6 +101,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
                             size=tuple(size), hflip=True)
     model = InstSegNet(embedding_dim=embedding_dim, num_classes=len(dataset.category_names),
                        output_stride=output_stride, width=width).to(device)
+    if init:
+        load_matching(model, torch.load(init, map_location=device))
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
     shuffle = torch.Generator().manual_seed(seed)
@@ -91,6 +119,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
                                           generator=torch.Generator().manual_seed(seed + 2),
                                           collate_fn=collate_pairs, num_workers=workers))
     ramp = ramp_steps if ramp_steps is not None else max(1, steps // 4)
+    loss_stride = max(output_stride, 2)
     started = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
@@ -99,8 +128,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
             frames, frame_ids, frame_tables = next(pair_batches)
             images, ids, tables = torch.cat([images, frames]), torch.cat([ids, frame_ids]), tables + frame_tables
         images, ids = images.to(device), ids.to(device)
-        embedding, classes = model(model.normalize(images * 255.0))
-        loss, parts = total_loss(embedding, classes, downsample_ids(ids, output_stride), tables,
+        embedding, classes = training_outputs(model, model.normalize(images * 255.0))
+        loss, parts = total_loss(embedding, classes, downsample_ids(ids, loss_stride), tables,
                                  model.thresholds, step - 1, ramp, k=k, generator=sampling,
                                  hard_background=hard_background, pairs=pairs)
         optimiser.zero_grad()
@@ -137,7 +166,8 @@ def main(argv=None) -> None:
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-stride", type=int, default=4, choices=(1, 2, 4),
-                        help="stride of the outputs: 2 refines the embedding at stride 2, 1 upsamples that")
+                        help="stride of the outputs: 2 refines the embedding at stride 2, 1 exports it "
+                             "upsampled bilinearly (the losses work at stride 2 for both)")
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--k", type=int, default=10, help="pixels sampled per segment in the losses")
     parser.add_argument("--device", default="auto", help='torch device: "cpu", "cuda" or "auto"')
@@ -146,6 +176,8 @@ def main(argv=None) -> None:
                         help="the element's recommended seed-threshold, stored in the ONNX file")
     parser.add_argument("--alpha", type=float, default=None,
                         help="the element's recommended alpha (greedy seed spread), stored in the ONNX file")
+    parser.add_argument("--init", default=None,
+                        help="start from these weights (the .pt file a run writes next to its ONNX file)")
     parser.add_argument("--hard-background", type=int, default=10,
                         help="most seed-like background pixels added to the classification loss")
     args = parser.parse_args(argv)
@@ -156,7 +188,7 @@ def main(argv=None) -> None:
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
           seed_threshold=args.seed_threshold, hard_background=args.hard_background,
           output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
-          alpha=args.alpha)
+          alpha=args.alpha, init=args.init)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Argument checks of the training loop that would otherwise hang or fail deep inside it."""
 
 import pytest
+import torch
 
 from instseg_train.coco import generate_dataset
-from instseg_train.train import train
+from instseg_train.model import InstSegNet
+from instseg_train.train import load_matching, train, training_outputs
 
 
 @pytest.fixture
@@ -26,3 +28,22 @@ def test_pairs_must_leave_still_images_in_the_batch(tiny, tmp_path):
 def test_pairs_train_from_the_training_clips(tiny, tmp_path):
     model = train(tiny, str(tmp_path / "m.onnx"), steps=2, batch=4, pairs=1, size=(32, 32), log_every=1)
     assert (tmp_path / "m.onnx").stat().st_size > 0 and not model.training
+
+
+def test_output_stride_1_trains_on_the_stride_2_grid_and_exports_the_upsampled_outputs():
+    model = InstSegNet(output_stride=1)
+    embedding, classes = training_outputs(model, torch.randn(2, 3, 32, 32))
+    assert embedding.shape == (2, 8, 16, 16) and classes.shape == (2, 4, 5, 16, 16)
+    exported, probabilities = model.eval()(torch.randn(1, 3, 32, 32))
+    assert exported.shape == (1, 8, 32, 32) and probabilities.shape == (1, 4, 5, 32, 32)
+
+
+def test_init_loads_the_weights_that_fit(tiny, tmp_path, capsys):
+    first = train(tiny, str(tmp_path / "a.onnx"), steps=1, batch=2, size=(32, 32), output_stride=2)
+    other = InstSegNet(num_classes=2, output_stride=2)
+    load_matching(other, torch.load(str(tmp_path / "a.onnx.pt")))
+    assert "2 tensors keep their initialisation: class_head.bias, class_head.weight" in capsys.readouterr().out
+    assert torch.equal(other.stage1[0][0].weight, first.stage1[0][0].weight)
+    second = train(tiny, str(tmp_path / "b.onnx"), steps=1, batch=2, size=(32, 32), output_stride=1, lr=1e-9,
+                   init=str(tmp_path / "a.onnx.pt"))
+    assert torch.allclose(second.stage1[0][0].weight, first.stage1[0][0].weight, atol=1e-6)
