@@ -52,13 +52,12 @@ def forever(loader):
 
 
 def training_outputs(model: InstSegNet, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embedding, classes) for the losses: the model's outputs, except at output stride 1,
-    where they stay on the stride-2 grid the network computes and the exported model upsamples
-    bilinearly. There the classification targets, a mask grown over every output pixel for each
-    sampled pixel, cost a quarter, and the weights are those of the same run at stride 2 (a
-    400-step fine-tune with the embedding loss on the upsampled grid scored lower)."""
-    if model.output_stride != 1:
-        return model(image)
+    """(embedding, classes) for the losses, on the grid the network computes the embedding on:
+    the output grid at output stride 4 or 2; at stride 1 the stride-2 grid that the exported
+    model upsamples bilinearly. There the classification targets, a mask grown over every
+    output pixel for each sampled pixel, cost a quarter, and the weights are those of the same
+    run at stride 2 (a 400-step fine-tune with the embedding loss on the upsampled grid scored
+    lower)."""
     embedding, logits = model.native_outputs(image)
     return embedding, model.class_probabilities(logits, embedding.shape[-2:])
 
@@ -119,7 +118,6 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
                                           generator=torch.Generator().manual_seed(seed + 2),
                                           collate_fn=collate_pairs, num_workers=workers))
     ramp = ramp_steps if ramp_steps is not None else max(1, steps // 4)
-    loss_stride = max(output_stride, 2)
     started = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
@@ -129,6 +127,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
             images, ids, tables = torch.cat([images, frames]), torch.cat([ids, frame_ids]), tables + frame_tables
         images, ids = images.to(device), ids.to(device)
         embedding, classes = training_outputs(model, model.normalize(images * 255.0))
+        loss_stride = ids.shape[-1] // embedding.shape[-1]
         loss, parts = total_loss(embedding, classes, downsample_ids(ids, loss_stride), tables,
                                  model.thresholds, step - 1, ramp, k=k, generator=sampling,
                                  hard_background=hard_background, pairs=pairs)
