@@ -125,23 +125,27 @@ def classification_targets(
     instance if IoU(m(p, tau_t), ground-truth mask of p's instance) >= 0.5, else 0, with
     m(p, tau) = {q : d(p, q) <= ln(2 / tau - 1)}. Background pixels always get 0.
 
-    This runs on every sampled pixel against every output pixel, so it is written as matrix
-    products: d = |e_q|^2 + |e_p|^2 - 2 e_p.e_q (float32: it can differ from postprocess.py's
-    channel-by-channel sum by ~1e-6 relative, which moves only pixels at the mask's edge
-    within rounding) and the intersections as mask x ground-truth products, counted in float32
-    (exact below 2^24 pixels)."""
+    This runs on every sampled pixel against every output pixel, so it is written as dense
+    float arithmetic: d = |e_q|^2 + |e_p|^2 - 2 e_p.e_q (float32: it can differ from
+    postprocess.py's channel-by-channel sum by ~1e-6 relative, which moves only pixels at the
+    mask's edge within rounding), and the pixels outside m(p, tau) as ceil(clamp(d - r, 0, 1)),
+    exactly 1 where d > r and 0 elsewhere, counted in float32 (exact below 2^24 pixels). On
+    CPU that is about 3x faster than comparisons to a bool mask, which PyTorch does not
+    vectorise well; the targets were a fifth of a training step."""
     e = embedding.detach().reshape(embedding.shape[0], -1).float().t()  # [P, D]
     seeds = e[sample.index]  # [M, D]
     d = (e * e).sum(1)[None, :] + (seeds * seeds).sum(1)[:, None] - 2.0 * seeds @ e.t()  # [M, P]
     truth = (instance_ids.reshape(-1)[None, :] == sample.ids[:, None]).float()  # [S, P] ground truth per segment
+    own = truth[sample.segment]  # [M, P] the ground truth of each sampled pixel's segment
+    own_size = sample.sizes.to(d)[sample.segment]  # [M]
     inter, size = [], []
     for t in thresholds:
-        mask = (d <= math.log(2.0 / t - 1.0)).float()  # [M, P]
-        inter.append((mask @ truth.t()).gather(1, sample.segment[:, None]).squeeze(1))
-        size.append(mask.sum(1))
+        outside = (d - math.log(2.0 / t - 1.0)).clamp_(0.0, 1.0).ceil_()  # [M, P] 1 where d > r
+        size.append(d.shape[1] - outside.sum(1))
+        inter.append(own_size - (outside * own).sum(1))
     inter, size = torch.stack(inter), torch.stack(size)  # [T, M]
     seed_ids = sample.ids[sample.segment]  # [M]
-    union = size + sample.sizes.to(size)[sample.segment][None] - inter
+    union = size + own_size[None] - inter
     good = (2 * inter >= union) & (seed_ids != 0)[None]  # IoU >= 0.5, exactly
     wanted = _class_table(instance_classes, e.device)[seed_ids]  # [M]
     return torch.where(good, wanted[None], torch.zeros_like(wanted)[None])

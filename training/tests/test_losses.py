@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from instseg_train.losses import (
+    PixelSample,
     classification_loss,
     classification_targets,
     classification_weight,
@@ -203,7 +204,7 @@ def test_hard_background_adds_the_most_seed_like_background_pixels_with_target_b
 
 
 def test_classification_targets_match_masks_grown_pixel_by_pixel():
-    # Random embeddings around four segments: the matrix-product targets equal the IoU >= 0.5
+    # Random embeddings around four segments: the dense float targets equal the IoU >= 0.5
     # rule evaluated directly on float64 distances, seed by seed and threshold by threshold.
     torch.manual_seed(3)
     ids = torch.randint(0, 4, (12, 12))
@@ -223,3 +224,15 @@ def test_classification_targets_match_masks_grown_pixel_by_pixel():
             want = [0, 5, 6, 7][seed_id] if seed_id and iou >= 0.5 else 0
             assert target[t, m] == want
     assert (target > 0).any() and (target == 0).any()
+
+
+def test_classification_target_mask_includes_pixels_exactly_at_the_distance_limit():
+    # Instance 1: the seed at e = 0 and two pixels at e = 0.5, so d = 0.25 exactly (float32);
+    # tau is chosen so that ln(2 / tau - 1) = 0.25. At that tau the mask holds all three pixels
+    # (IoU 1: the class); a hair above it, only the seed (IoU 1/3: background).
+    embedding = torch.tensor([[[0.0, 0.5, 0.5, 5.0]]])
+    ids = torch.tensor([[1, 1, 1, 0]])
+    sample = PixelSample(torch.tensor([0]), torch.tensor([1]), torch.tensor([0, 1]), torch.tensor([1, 3]))
+    at_limit = 2 / (1 + math.exp(0.25))
+    target = classification_targets(embedding, ids, [0, 3], (at_limit, at_limit + 1e-6), sample)
+    assert target[:, 0].tolist() == [3, 0]
