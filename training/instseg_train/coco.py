@@ -144,6 +144,11 @@ except ImportError:  # writing datasets does not need torch
     torch, Dataset = None, object
 
 
+def painted_values(painted: np.ndarray) -> np.ndarray:
+    """The values > 0 present in a painted map, ascending (an image may have no background)."""
+    return np.flatnonzero(np.bincount(painted.ravel())[1:]) + 1
+
+
 class CocoInstances(Dataset):
     """Any COCO instance dataset as (image float [3,H,W] in 0..1, instance id map int64 [H,W]
     (0 = background, 1..N), classes int64 [N] in 1..C).
@@ -194,7 +199,7 @@ class CocoInstances(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Original-size numpy sample: (image uint8 [h,w,3], id map int64 [h,w], classes [N])."""
         image, painted, instances = self.painted(index)
-        present = np.unique(painted)[1:] if painted.any() else np.zeros(0, np.int64)
+        present = painted_values(painted)
         remap = np.zeros(len(instances) + 1, np.int64)
         remap[present] = np.arange(1, len(present) + 1)
         classes = np.array([c for _, c in instances], np.int64)
@@ -257,7 +262,7 @@ class ClipPairs(Dataset):
         frames = [self.frames.painted(i, key="track_id") for i in self.pairs[index]]
         visible = {}  # track -> class, over both frames
         for _, painted, instances in frames:
-            for p in np.unique(painted)[1:]:
+            for p in painted_values(painted):
                 visible[instances[p - 1][0]] = instances[p - 1][1]
         track_to_id = {t: i + 1 for i, t in enumerate(sorted(visible))}
         flip = self.frames.hflip and bool(torch.rand(()) < 0.5)

@@ -195,3 +195,29 @@ def test_loader_resize_and_flip(hand_written):
         seen.add("flip" if np.array_equal(ids_f, plain[:, ::-1]) else "same")
         assert np.array_equal(ids_f, plain) or np.array_equal(ids_f, plain[:, ::-1])
     assert seen == {"flip", "same"}
+
+
+def test_loader_keeps_every_instance_of_an_image_without_background(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "full.png")
+    left = np.zeros((4, 6), np.uint8)
+    left[:, :3] = 1
+
+    def rle(mask):
+        return {"size": [4, 6], "counts": mask_utils.encode(np.asfortranarray(mask))["counts"].decode()}
+
+    data = {
+        "images": [{"id": 1, "file_name": "full.png", "height": 4, "width": 6}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [
+            {"id": 7, "image_id": 1, "category_id": 2, "iscrowd": 0, "area": 12, "bbox": [3, 0, 3, 4],
+             "segmentation": rle(1 - left)},
+            {"id": 8, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 12, "bbox": [0, 0, 3, 4],
+             "segmentation": rle(left)},
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    _, ids, classes = CocoInstances(str(tmp_path), str(tmp_path / "ann.json"))[0]
+    assert classes.tolist() == [2, 1]
+    np.testing.assert_array_equal(ids.numpy(), np.where(left, 2, 1))
