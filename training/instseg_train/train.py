@@ -51,14 +51,18 @@ def forever(loader):
         yield from loader
 
 
-def training_outputs(model: InstSegNet, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def training_outputs(model: InstSegNet, image: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding, classes) for the losses, on the grid the network computes the embedding on:
     the output grid at output stride 4 or 2; at stride 1 the stride-2 grid that the exported
     model upsamples bilinearly. There the classification targets, a mask grown over every
     output pixel for each sampled pixel, cost a quarter, and the weights are those of the same
     run at stride 2 (a 400-step fine-tune with the embedding loss on the upsampled grid scored
-    lower)."""
-    embedding, logits = model.native_outputs(image)
+    lower). With ``bf16`` the network runs under bfloat16 autocast; its outputs come back to
+    float32 before the softmax and the losses, whose log-probabilities and distance thresholds
+    need more than bfloat16's 8 bits."""
+    with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=bf16):
+        embedding, logits = model.native_outputs(image)
+    embedding, logits = embedding.float(), logits.float()
     return embedding, model.class_probabilities(logits, embedding.shape[-2:])
 
 
@@ -77,7 +81,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
           seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
           width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
-          init: str | None = None) -> InstSegNet:
+          init: str | None = None, precision: str = "fp32") -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
@@ -90,7 +94,15 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     ``batch`` images per step are pairs of consecutive frames from ``data/train_clips``.
     ``init`` starts from the weights of an earlier run (its ``.pt`` file), for example the
     default model's to fine-tune on other data; tensors whose shape differs (a class head for
-    another number of classes) keep their fresh initialisation."""
+    another number of classes) keep their fresh initialisation.
+    ``precision`` "bf16" runs the network under bfloat16 autocast with channels-last tensors
+    (weights, optimiser and losses stay float32): on a CPU with AVX-512 BF16 (AMD Zen 4, Intel
+    Sapphire Rapids) the network takes about 0.6x the time (a whole step with data loading about
+    0.75x); elsewhere it can be slower."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r} is neither fp32 nor bf16")
+    bf16 = precision == "bf16"
+    layout = torch.channels_last if bf16 else torch.contiguous_format
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
@@ -99,7 +111,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
                             os.path.join(data, "annotations", "instances_train.json"),
                             size=tuple(size), hflip=True)
     model = InstSegNet(embedding_dim=embedding_dim, num_classes=len(dataset.category_names),
-                       output_stride=output_stride, width=width).to(device)
+                       output_stride=output_stride, width=width).to(device, memory_format=layout)
     if init:
         load_matching(model, torch.load(init, map_location=device))
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -126,7 +138,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
             frames, frame_ids, frame_tables = next(pair_batches)
             images, ids, tables = torch.cat([images, frames]), torch.cat([ids, frame_ids]), tables + frame_tables
         images, ids = images.to(device), ids.to(device)
-        embedding, classes = training_outputs(model, model.normalize(images * 255.0))
+        inputs = model.normalize(images * 255.0).contiguous(memory_format=layout)
+        embedding, classes = training_outputs(model, inputs, bf16)
         loss_stride = ids.shape[-1] // embedding.shape[-1]
         loss, parts = total_loss(embedding, classes, downsample_ids(ids, loss_stride), tables,
                                  model.thresholds, step - 1, ramp, k=k, generator=sampling,
@@ -141,7 +154,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
                   f"lambda {parts['lambda']:.2f}) {time.perf_counter() - started:.1f} s", flush=True)
         if step % checkpoint_every == 0 or step == steps:
             torch.save(model.state_dict(), out + ".pt")
-    model.cpu().eval()
+    model.to("cpu", memory_format=torch.contiguous_format).eval()
     # The element's default min-area (4 output pixels) is meant for stride 4: keep its frame area.
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
     export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
@@ -177,6 +190,8 @@ def main(argv=None) -> None:
                         help="the element's recommended alpha (greedy seed spread), stored in the ONNX file")
     parser.add_argument("--init", default=None,
                         help="start from these weights (the .pt file a run writes next to its ONNX file)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: bfloat16 autocast for the network (faster on CPUs with AVX-512 BF16)")
     parser.add_argument("--hard-background", type=int, default=10,
                         help="most seed-like background pixels added to the classification loss")
     args = parser.parse_args(argv)
@@ -187,7 +202,7 @@ def main(argv=None) -> None:
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
           seed_threshold=args.seed_threshold, hard_background=args.hard_background,
           output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
-          alpha=args.alpha, init=args.init)
+          alpha=args.alpha, init=args.init, precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -47,3 +47,18 @@ def test_init_loads_the_weights_that_fit(tiny, tmp_path, capsys):
     second = train(tiny, str(tmp_path / "b.onnx"), steps=1, batch=2, size=(32, 32), output_stride=1, lr=1e-9,
                    init=str(tmp_path / "a.onnx.pt"))
     assert torch.allclose(second.stage1[0][0].weight, first.stage1[0][0].weight, atol=1e-6)
+
+
+def test_bf16_trains_the_network_under_autocast_and_exports_float32(tiny, tmp_path):
+    model = train(tiny, str(tmp_path / "m.onnx"), steps=2, batch=4, pairs=1, size=(32, 32), output_stride=1,
+                  precision="bf16")
+    weight = model.stage1[0][0].weight
+    assert weight.dtype == torch.float32 and weight.is_contiguous()
+    embedding, classes = training_outputs(model, torch.randn(1, 3, 32, 32), bf16=True)
+    assert embedding.dtype == classes.dtype == torch.float32
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_an_unknown_precision_is_refused(tiny, tmp_path):
+    with pytest.raises(ValueError, match="neither fp32 nor bf16"):
+        train(tiny, str(tmp_path / "m.onnx"), steps=1, batch=2, size=(32, 32), precision="fp16")
