@@ -26,6 +26,8 @@ from .export import check_export, export_onnx
 from .losses import downsample_ids, total_loss
 from .model import InstSegNet
 
+PRECISIONS = ("fp32", "bf16")  # of the network's arithmetic in training (see train)
+
 
 def collate(batch):
     """Images [B, 3, H, W] in 0..1 and id maps [B, H, W] stack; per-image class tables (index
@@ -99,7 +101,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     (weights, optimiser and losses stay float32): on a CPU with AVX-512 BF16 (AMD Zen 4, Intel
     Sapphire Rapids) the network takes about 0.6x the time (a whole step with data loading about
     0.75x); elsewhere it can be slower."""
-    if precision not in ("fp32", "bf16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is neither fp32 nor bf16")
     bf16 = precision == "bf16"
     layout = torch.channels_last if bf16 else torch.contiguous_format
@@ -190,7 +192,7 @@ def main(argv=None) -> None:
                         help="the element's recommended alpha (greedy seed spread), stored in the ONNX file")
     parser.add_argument("--init", default=None,
                         help="start from these weights (the .pt file a run writes next to its ONNX file)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: bfloat16 autocast for the network (faster on CPUs with AVX-512 BF16)")
     parser.add_argument("--hard-background", type=int, default=10,
                         help="most seed-like background pixels added to the classification loss")
