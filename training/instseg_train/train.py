@@ -83,7 +83,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
           seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
           width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
-          init: str | None = None, precision: str = "fp32") -> InstSegNet:
+          init: str | None = None, precision: str = "fp32", cache: bool = False) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
@@ -100,7 +100,9 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     ``precision`` "bf16" runs the network under bfloat16 autocast with channels-last tensors
     (weights, optimiser and losses stay float32): on a CPU with AVX-512 BF16 (AMD Zen 4, Intel
     Sapphire Rapids) the network takes about 0.6x the time (a whole step with data loading about
-    0.75x); elsewhere it can be slower."""
+    0.75x); elsewhere it can be slower. ``cache`` keeps the decoded training images and masks in
+    memory (``CocoInstances``), in the loader's worker processes when ``workers`` > 0, which
+    live as long as the run."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is neither fp32 nor bf16")
     bf16 = precision == "bf16"
@@ -111,7 +113,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     np.random.seed(seed)
     dataset = CocoInstances(os.path.join(data, "train"),
                             os.path.join(data, "annotations", "instances_train.json"),
-                            size=tuple(size), hflip=True)
+                            size=tuple(size), hflip=True, cache=cache)
     model = InstSegNet(embedding_dim=embedding_dim, num_classes=len(dataset.category_names),
                        output_stride=output_stride, width=width).to(device, memory_format=layout)
     if init:
@@ -123,14 +125,16 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     if not 0 <= 2 * pairs < batch:
         raise ValueError(f"--pairs {pairs} leaves no still image in a batch of {batch}")
     batches = forever(DataLoader(dataset, batch_size=batch - 2 * pairs, shuffle=True, generator=shuffle,
-                                 drop_last=True, collate_fn=collate, num_workers=workers))
+                                 drop_last=True, collate_fn=collate, num_workers=workers,
+                                 persistent_workers=workers > 0))
     if pairs:
         clips = ClipPairs(CocoInstances(os.path.join(data, "train_clips"),
                                         os.path.join(data, "annotations", "instances_train_clips.json"),
-                                        size=tuple(size), hflip=True))
+                                        size=tuple(size), hflip=True, cache=cache))
         pair_batches = forever(DataLoader(clips, batch_size=pairs, shuffle=True, drop_last=True,
                                           generator=torch.Generator().manual_seed(seed + 2),
-                                          collate_fn=collate_pairs, num_workers=workers))
+                                          collate_fn=collate_pairs, num_workers=workers,
+                                          persistent_workers=workers > 0))
     ramp = ramp_steps if ramp_steps is not None else max(1, steps // 4)
     started = time.perf_counter()
     model.train()
@@ -194,6 +198,9 @@ def main(argv=None) -> None:
                         help="start from these weights (the .pt file a run writes next to its ONNX file)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="bf16: bfloat16 autocast for the network (faster on CPUs with AVX-512 BF16)")
+    parser.add_argument("--cache", action="store_true",
+                        help="keep decoded images and masks in memory after their first epoch "
+                             "(about 4 bytes per pixel per image)")
     parser.add_argument("--hard-background", type=int, default=10,
                         help="most seed-like background pixels added to the classification loss")
     args = parser.parse_args(argv)
@@ -204,7 +211,7 @@ def main(argv=None) -> None:
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
           seed_threshold=args.seed_threshold, hard_background=args.hard_background,
           output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
-          alpha=args.alpha, init=args.init, precision=args.precision)
+          alpha=args.alpha, init=args.init, precision=args.precision, cache=args.cache)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,25 @@ def test_clip_pairs_give_one_id_per_track_across_both_frames(tmp_path):
         ClipPairs(CocoInstances(str(tmp_path / "stills"), scenes))
 
 
+def test_cached_loader_serves_the_same_samples_from_memory(tmp_path):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    path = write_coco(str(tmp_path), "mix", [render_scene(rng, size=SIZE), render_clip(rng, frames=2, size=SIZE)])
+    plain = CocoInstances(str(tmp_path / "mix"), path)
+    cached = CocoInstances(str(tmp_path / "mix"), path, cache=True)
+    for _ in range(2):  # the second round reads from memory
+        for index in range(len(plain)):
+            for got, wanted in zip(cached[index], plain[index]):
+                np.testing.assert_array_equal(got.numpy(), wanted.numpy())
+        for got, wanted in zip(ClipPairs(cached)[0], ClipPairs(plain)[0]):
+            np.testing.assert_array_equal(got.numpy(), wanted.numpy())
+    for name in os.listdir(tmp_path / "mix"):
+        os.remove(tmp_path / "mix" / name)
+    assert cached[2][1].dtype == torch.int64  # though kept as uint8
+    with pytest.raises(FileNotFoundError):
+        plain[0]
+
+
 def test_cli(tmp_path, capsys):
     main(["--out", str(tmp_path), "--seed", "1", "--train", "2", "--val", "1", "--test", "0",
           "--clips", "0", "--size", "32", "32"])

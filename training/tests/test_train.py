@@ -62,3 +62,13 @@ def test_bf16_trains_the_network_under_autocast_and_exports_float32(tiny, tmp_pa
 def test_an_unknown_precision_is_refused(tiny, tmp_path):
     with pytest.raises(ValueError, match="neither fp32 nor bf16"):
         train(tiny, str(tmp_path / "m.onnx"), steps=1, batch=2, size=(32, 32), precision="fp16")
+
+
+def test_the_memory_cache_of_the_loader_workers_changes_nothing_but_speed(tiny, tmp_path):
+    def weights(cache):
+        model = train(tiny, str(tmp_path / f"{cache}.onnx"), steps=3, batch=4, pairs=1, size=(32, 32),
+                      workers=1, cache=cache)  # one batch per epoch: later steps read the cache
+        return model.state_dict()
+
+    plain, cached = weights(False), weights(True)
+    assert all(torch.equal(plain[name], cached[name]) for name in plain)
