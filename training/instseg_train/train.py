@@ -124,17 +124,17 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     sampling = torch.Generator().manual_seed(seed + 1)
     if not 0 <= 2 * pairs < batch:
         raise ValueError(f"--pairs {pairs} leaves no still image in a batch of {batch}")
+    # Persistent workers keep their samples cache (``cache``) from one epoch to the next.
+    loading = {"num_workers": workers, "persistent_workers": workers > 0}
     batches = forever(DataLoader(dataset, batch_size=batch - 2 * pairs, shuffle=True, generator=shuffle,
-                                 drop_last=True, collate_fn=collate, num_workers=workers,
-                                 persistent_workers=workers > 0))
+                                 drop_last=True, collate_fn=collate, **loading))
     if pairs:
         clips = ClipPairs(CocoInstances(os.path.join(data, "train_clips"),
                                         os.path.join(data, "annotations", "instances_train_clips.json"),
                                         size=tuple(size), hflip=True, cache=cache))
         pair_batches = forever(DataLoader(clips, batch_size=pairs, shuffle=True, drop_last=True,
                                           generator=torch.Generator().manual_seed(seed + 2),
-                                          collate_fn=collate_pairs, num_workers=workers,
-                                          persistent_workers=workers > 0))
+                                          collate_fn=collate_pairs, **loading))
     ramp = ramp_steps if ramp_steps is not None else max(1, steps // 4)
     started = time.perf_counter()
     model.train()
