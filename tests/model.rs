@@ -58,12 +58,27 @@ fn colour_model_contract() {
     assert_eq!(contract.alpha, Some(0.3));
     assert_eq!(contract.seed_threshold, Some(0.5));
     assert_eq!(contract.min_area, Some(4));
+    assert_eq!(contract.track_seed_threshold, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
     let library = Model::runtime_library().unwrap();
     assert!(library.is_absolute(), "{}", library.display());
     assert!(library.to_string_lossy().contains("libonnxruntime.so"));
+}
+
+/// The shipped default model carries its recommended post-processing, the tracks' lower seed
+/// threshold (`instseg.track-seed-threshold`) included.
+#[test]
+fn default_model_recommends_its_post_processing() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
+    let model = Model::load(&ModelSource::File(path), &cpu()).unwrap();
+    let contract = model.contract();
+    assert_eq!(contract.labels, ["circle", "square", "triangle", "star"]);
+    assert_eq!(contract.alpha, Some(0.0));
+    assert_eq!(contract.seed_threshold, Some(0.8));
+    assert_eq!(contract.min_area, Some(64));
+    assert_eq!(contract.track_seed_threshold, Some(0.3));
 }
 
 #[test]

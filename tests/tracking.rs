@@ -44,17 +44,24 @@ fn blob(name: usize, x: f32, y: f32) -> Blob {
 
 fn segment(segmenter: &mut Segmenter, blobs: &[Blob], frame: u64, params: &Params) -> Segmentation {
     let (embedding, classes) = SCENE.render(blobs, frame);
-    let view = OutputView::new(
-        &embedding,
-        &classes,
+    segmenter
+        .segment(&view(&embedding, &classes), params)
+        .unwrap()
+        .clone()
+}
+
+/// The rendered tensors of `SCENE` as the segmenter reads them.
+fn view<'a>(embedding: &'a [f32], classes: &'a [f32]) -> OutputView<'a> {
+    OutputView::new(
+        embedding,
+        classes,
         SCENE.dim,
         SCENE.thresholds,
         SCENE.classes + 1,
         SCENE.height,
         SCENE.width,
     )
-    .unwrap();
-    segmenter.segment(&view, params).unwrap().clone()
+    .unwrap()
 }
 
 /// The track id of the instance covering the blob's centre.
@@ -284,4 +291,98 @@ fn a_changed_grid_forgets_the_tracks() {
     let view = OutputView::new(&embedding, &classes, 8, 2, 4, 48, 40).unwrap();
     let result = segmenter.segment(&view, &p).unwrap();
     assert_eq!(result.stats.warm_seeds, 0);
+}
+
+/// Caps the class probabilities (not the background's) inside `blob` at `seediness`: the
+/// network hesitates on that object in this frame.
+fn weaken(classes: &mut [f32], blob: &Blob, seediness: f32) {
+    let pixels = SCENE.width * SCENE.height;
+    for (index, plane) in classes.chunks_exact_mut(pixels).enumerate() {
+        if index % (SCENE.classes + 1) == 0 {
+            continue;
+        }
+        for (pixel, prob) in plane.iter_mut().enumerate() {
+            if blob.contains(pixel % SCENE.width, pixel / SCENE.width) {
+                *prob = prob.min(seediness);
+            }
+        }
+    }
+}
+
+/// Per frame, the track id at the centre of a steady object and of one whose seediness drops
+/// to 0.6 on frames 2 to 4, with seed-threshold 0.8 and the given tracks' threshold; and
+/// whether a third object, at 0.6 from its first frame, was ever found.
+fn run_hesitant(track_seed_threshold: Option<f64>) -> (Vec<Option<u64>>, Vec<Option<u64>>, bool) {
+    let params = Params {
+        thresholds: vec![0.5, 0.75],
+        seed_threshold: 0.8,
+        tracking: TrackingParams {
+            seed_threshold: track_seed_threshold,
+            ..TrackingParams::default()
+        },
+        ..Params::default()
+    };
+    let mut segmenter = Segmenter::new();
+    let (mut steady_ids, mut hesitant_ids, mut weak_found) = (Vec::new(), Vec::new(), false);
+    for frame in 0..8 {
+        let f = frame as f32;
+        let weak = blob(NEWCOMER, 50.0, 38.0);
+        let steady = blob(MOVER, 8.0 + 2.0 * f, 10.0);
+        let hesitant = blob(CROSS_RIGHT, 12.0 + 2.0 * f, 30.0);
+        let blobs = [weak.clone(), steady.clone(), hesitant.clone()];
+        let (embedding, mut classes) = SCENE.render(&blobs, frame);
+        weaken(&mut classes, &weak, 0.6);
+        if (2..5).contains(&frame) {
+            weaken(&mut classes, &hesitant, 0.6);
+        }
+        let result = segmenter
+            .segment(&view(&embedding, &classes), &params)
+            .unwrap();
+        steady_ids.push(id_at(result, &steady));
+        hesitant_ids.push(id_at(result, &hesitant));
+        weak_found |= id_at(result, &weak).is_some();
+    }
+    (steady_ids, hesitant_ids, weak_found)
+}
+
+#[test]
+fn a_lower_track_seed_threshold_keeps_a_hesitant_object_without_seeding_weak_ones() {
+    // Section 3 as written: the object vanishes while its seediness is under seed-threshold.
+    let (steady, hesitant, weak_found) = run_hesitant(None);
+    assert!(
+        steady.iter().all(|id| *id == steady[0] && id.is_some()),
+        "{steady:?}"
+    );
+    assert!(hesitant[2..5].iter().all(Option::is_none), "{hesitant:?}");
+    assert!(!weak_found);
+
+    // With the hysteresis, its track holds it through the weak frames under one id, while
+    // an object that never reached seed-threshold still starts no track.
+    let (steady, hesitant, weak_found) = run_hesitant(Some(0.5));
+    assert!(
+        steady.iter().all(|id| *id == steady[0] && id.is_some()),
+        "{steady:?}"
+    );
+    assert!(
+        hesitant.iter().all(|id| *id == hesitant[0] && id.is_some()),
+        "{hesitant:?}"
+    );
+    assert!(!weak_found);
+}
+
+#[test]
+fn the_track_seed_threshold_must_be_finite() {
+    let params = Params {
+        thresholds: vec![0.5, 0.75],
+        tracking: TrackingParams {
+            seed_threshold: Some(f64::NAN),
+            ..TrackingParams::default()
+        },
+        ..Params::default()
+    };
+    let (embedding, classes) = SCENE.render(&[blob(MOVER, 8.0, 8.0)], 0);
+    let err = Segmenter::new()
+        .segment(&view(&embedding, &classes), &params)
+        .unwrap_err();
+    assert!(err.to_string().contains("seed threshold"), "{err}");
 }

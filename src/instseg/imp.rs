@@ -53,6 +53,9 @@ const DEFAULT_TRACK_MAX_AGE: u32 = 10;
 const DEFAULT_MATCH_SIMILARITY: f64 = 0.5;
 /// Negative: max(4, the track's bounding-box diagonal).
 const DEFAULT_SEARCH_RADIUS: i32 = -1;
+/// Negative: take the model's recommendation (`instseg.track-seed-threshold`), else the
+/// seed threshold.
+const DEFAULT_TRACK_SEED_THRESHOLD: f64 = -1.0;
 const DEFAULT_RESULTS_LOCATION: &str = "";
 const DEFAULT_INFERENCE_INTERVAL: u32 = 1;
 const DEFAULT_OVERLAY: Overlay = Overlay::Auto;
@@ -75,6 +78,7 @@ struct Settings {
     track_max_age: u32,
     match_similarity: f64,
     search_radius: i32,
+    track_seed_threshold: f64,
     results_location: String,
     post_messages: bool,
     inference_interval: u32,
@@ -99,6 +103,7 @@ impl Default for Settings {
             track_max_age: DEFAULT_TRACK_MAX_AGE,
             match_similarity: DEFAULT_MATCH_SIMILARITY,
             search_radius: DEFAULT_SEARCH_RADIUS,
+            track_seed_threshold: DEFAULT_TRACK_SEED_THRESHOLD,
             results_location: DEFAULT_RESULTS_LOCATION.into(),
             post_messages: DEFAULT_POST_MESSAGES,
             inference_interval: DEFAULT_INFERENCE_INTERVAL,
@@ -154,6 +159,11 @@ impl Settings {
             max_age: self.track_max_age,
             match_similarity: self.match_similarity,
             search_radius: u32::try_from(self.search_radius).ok(),
+            seed_threshold: if self.track_seed_threshold >= 0.0 {
+                Some(self.track_seed_threshold)
+            } else {
+                contract.track_seed_threshold
+            },
         };
     }
 
@@ -941,6 +951,14 @@ impl ObjectImpl for InstSeg {
                     .default_value(DEFAULT_SEARCH_RADIUS)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecDouble::builder("track-seed-threshold")
+                    .nick("Track seed threshold")
+                    .blurb("Minimum seediness of a tracked object's new seed; lower than seed-threshold keeps objects tracked through weak frames (-1 = the model's recommendation, else seed-threshold)")
+                    .minimum(-1.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_TRACK_SEED_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecString::builder("results-location")
                     .nick("Results location")
                     .blurb("File that gets one JSON line per frame (instances with COCO RLE masks); empty: none")
@@ -1023,6 +1041,9 @@ impl ObjectImpl for InstSeg {
                 settings.match_similarity = value.get().expect("type checked upstream")
             }
             "search-radius" => settings.search_radius = value.get().expect("type checked upstream"),
+            "track-seed-threshold" => {
+                settings.track_seed_threshold = value.get().expect("type checked upstream")
+            }
             "results-location" => {
                 settings.results_location = value
                     .get::<Option<String>>()
@@ -1072,6 +1093,7 @@ impl ObjectImpl for InstSeg {
             "track-max-age" => settings.track_max_age.to_value(),
             "match-similarity" => settings.match_similarity.to_value(),
             "search-radius" => settings.search_radius.to_value(),
+            "track-seed-threshold" => settings.track_seed_threshold.to_value(),
             "results-location" => settings.results_location.to_value(),
             "post-messages" => settings.post_messages.to_value(),
             "inference-interval" => settings.inference_interval.to_value(),

@@ -75,6 +75,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
     let number = |value: &str| value.parse::<f64>().ok().filter(|n| n.is_finite());
     let alpha = props.get("instseg.alpha", "a number", number)?;
     let seed_threshold = props.get("instseg.seed-threshold", "a number", number)?;
+    let track_seed_threshold = props.get("instseg.track-seed-threshold", "a number", number)?;
     let min_area = props.get("instseg.min-area", "a non-negative integer", |v| {
         v.parse().ok()
     })?;
@@ -176,6 +177,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         resize: resize.unwrap_or(Resize::Letterbox),
         alpha,
         seed_threshold,
+        track_seed_threshold,
         min_area,
     })
 }

@@ -83,6 +83,9 @@ pub struct Contract {
     pub alpha: Option<f64>,
     pub seed_threshold: Option<f64>,
     pub min_area: Option<u32>,
+    /// `instseg.track-seed-threshold`, an extension of the contract: see
+    /// `TrackingParams::seed_threshold`.
+    pub track_seed_threshold: Option<f64>,
 }
 
 /// The execution provider a session actually runs on.

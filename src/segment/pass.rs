@@ -26,6 +26,8 @@ pub(super) struct PixelState {
     pub valid: Vec<bool>,
     /// Still a seed candidate: valid, seediness >= seed-threshold, not yet covered by a mask.
     pub candidate: Vec<bool>,
+    /// Inside the mask of a seed selected earlier in this frame, kept or not.
+    pub covered: Vec<bool>,
     /// Seediness, D(p) and the greedy scores of the candidates.
     pub scoring: Scoring,
     /// Distance to the seed of the instance that currently owns the pixel in the label map.
@@ -155,11 +157,13 @@ with_avx2! {
             blocked,
             valid,
             candidate,
+            covered,
             scoring,
             owner_distance,
             undo,
         } = state;
         let (valid, candidate) = (&valid[..pixels], &mut candidate[..pixels]);
+        let covered = &mut covered[..pixels];
         let owner_distance = &mut owner_distance[..pixels];
         undo.clear();
         let mut area = 0;
@@ -188,6 +192,7 @@ with_avx2! {
                     }
                     area += 1;
                     candidate[pixel] = false;
+                    covered[pixel] = true;
                     if distance < owner_distance[pixel] {
                         undo.push((pixel as u32, labels[pixel], owner_distance[pixel]));
                         labels[pixel] = seed.region;
@@ -254,6 +259,7 @@ with_avx2! {
                 .candidate
                 .push(valid && f64::from(seediness) >= seed_threshold);
         }
+        reset(&mut state.covered, pixels, false);
         state.scoring.reset(pixels);
         reset(&mut state.owner_distance, pixels, f32::INFINITY);
     }

@@ -95,7 +95,9 @@ impl Workspace {
     }
 
     /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track),
-    /// if its similarity to the track reaches match-similarity.
+    /// if its similarity to the track reaches match-similarity. A candidate here is a valid,
+    /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
+    /// seed-threshold, which makes it exactly a section 2 candidate).
     fn warm_seed(
         &mut self,
         view: &OutputView,
@@ -108,16 +110,23 @@ impl Workspace {
         let mut best = None;
         let mut best_score = f64::NEG_INFINITY;
         let mut best_distance = f32::INFINITY;
+        let threshold = params
+            .tracking
+            .seed_threshold
+            .unwrap_or(params.seed_threshold);
         for y in window.y..window.y + window.height {
             for x in window.x..window.x + window.width {
                 let pixel = y as usize * view.width + x as usize;
-                if !self.pixels.candidate[pixel] {
+                let seediness = self.pixels.scoring.seediness[pixel];
+                if !self.pixels.valid[pixel]
+                    || self.pixels.covered[pixel]
+                    || f64::from(seediness) < threshold
+                {
                     continue;
                 }
                 let distance = self.pixels.pixel_distance(pixel, embedding);
                 // ln sigma(d) <= -d / 2 (softplus lies above its tangent at 0): skip the
                 // logarithms when even that cannot beat the best so far.
-                let seediness = self.pixels.scoring.seediness[pixel];
                 if ln_upper_bound(seediness) - f64::from(distance) / 2.0 < best_score {
                     continue;
                 }

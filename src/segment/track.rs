@@ -15,6 +15,12 @@ pub struct TrackingParams {
     /// Half-size of the search window around the track's last seed, in output pixels;
     /// `None` means max(4, the track's bounding-box diagonal).
     pub search_radius: Option<u32>,
+    /// Seediness a live track's warm seed needs; `None` means section 2's seed-threshold.
+    /// Lower, it is a hysteresis: an object keeps its track through frames where its
+    /// seediness dips under the threshold a new object needs, instead of vanishing and
+    /// coming back under a new id (an extension of SPEC section 3, which searches only the
+    /// seed candidates).
+    pub seed_threshold: Option<f64>,
 }
 
 impl Default for TrackingParams {
@@ -24,19 +30,24 @@ impl Default for TrackingParams {
             max_age: 10,
             match_similarity: 0.5,
             search_radius: None,
+            seed_threshold: None,
         }
     }
 }
 
 impl TrackingParams {
     pub(super) fn validate(&self) -> Result<(), SegmentError> {
-        if self.match_similarity > 0.0 && self.match_similarity <= 1.0 {
-            Ok(())
-        } else {
-            Err(SegmentError(format!(
+        if !(self.match_similarity > 0.0 && self.match_similarity <= 1.0) {
+            return Err(SegmentError(format!(
                 "match-similarity {} is outside (0, 1]",
                 self.match_similarity
-            )))
+            )));
+        }
+        match self.seed_threshold {
+            Some(threshold) if !threshold.is_finite() => Err(SegmentError(format!(
+                "the tracks' seed threshold ({threshold}) must be finite"
+            ))),
+            _ => Ok(()),
         }
     }
 }

@@ -18,6 +18,15 @@ pub struct Blob {
     pub class_id: usize,
 }
 
+impl Blob {
+    /// Whether the grid pixel (x, y) lies inside the blob's ellipse.
+    pub fn contains(&self, x: usize, y: usize) -> bool {
+        let dx = (x as f32 - self.center.0) / self.radius.0;
+        let dy = (y as f32 - self.center.1) / self.radius.1;
+        dx * dx + dy * dy <= 1.0
+    }
+}
+
 /// Grid and tensor dimensions of a synthetic model output.
 #[derive(Debug, Clone, Copy)]
 pub struct Scene {
@@ -39,9 +48,7 @@ impl Scene {
         for (index, blob) in blobs.iter().enumerate() {
             for y in 0..self.height {
                 for x in 0..self.width {
-                    let dx = (x as f32 - blob.center.0) / blob.radius.0;
-                    let dy = (y as f32 - blob.center.1) / blob.radius.1;
-                    if dx * dx + dy * dy <= 1.0 {
+                    if blob.contains(x, y) {
                         owner[y * self.width + x] = index;
                     }
                 }

@@ -13,12 +13,12 @@ from core_cases import example_binary
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("options, stride, min_area, alpha", [
-    ([], 4, None, None),
+@pytest.mark.parametrize("options, stride, min_area, alpha, track_seed_threshold", [
+    ([], 4, None, None, None),
     (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1",
-      "--alpha", "0"], 2, "16", "0"),
+      "--alpha", "0", "--track-seed-threshold", "0.3"], 2, "16", "0", "0.3"),
 ])
-def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area, alpha):
+def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area, alpha, track_seed_threshold):
     import onnx
 
     from instseg_train.train import main
@@ -33,6 +33,7 @@ def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area,
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert metadata.get("instseg.min-area") == min_area
     assert metadata.get("instseg.alpha") == alpha
+    assert metadata.get("instseg.track-seed-threshold") == track_seed_threshold
     done = subprocess.run([str(example_binary("run_pipeline")), "--provider", "cpu", "--model",
                            str(model), "--frames", "5", "--size", "160x120"],
                           check=True, capture_output=True, text=True)
