@@ -115,6 +115,12 @@ impl Default for Settings {
     }
 }
 
+/// A property whose negative value means "the model's recommendation": the property when it
+/// is set, else what the model file recommends, if anything.
+fn property_or_recommended(property: f64, recommended: Option<f64>) -> Option<f64> {
+    (property >= 0.0).then_some(property).or(recommended)
+}
+
 /// What `publish` draws, decided per frame from the settings and the negotiated geometry.
 #[derive(Debug, Clone, Copy)]
 enum Drawing {
@@ -141,16 +147,11 @@ impl Settings {
 
     /// The post-processing parameters: properties first, then the model's recommendations.
     fn update_params(&self, contract: &Contract, params: &mut Params) {
-        params.seed_threshold = if self.seed_threshold >= 0.0 {
-            self.seed_threshold
-        } else {
-            contract.seed_threshold.unwrap_or(FALLBACK_SEED_THRESHOLD)
-        };
-        params.alpha = if self.alpha >= 0.0 {
-            self.alpha
-        } else {
-            contract.alpha.unwrap_or(FALLBACK_ALPHA)
-        };
+        params.seed_threshold =
+            property_or_recommended(self.seed_threshold, contract.seed_threshold)
+                .unwrap_or(FALLBACK_SEED_THRESHOLD);
+        params.alpha =
+            property_or_recommended(self.alpha, contract.alpha).unwrap_or(FALLBACK_ALPHA);
         params.max_instances = self.max_instances.clamp(1, 255) as u8;
         params.min_area = u32::try_from(self.min_area)
             .unwrap_or_else(|_| contract.min_area.unwrap_or(FALLBACK_MIN_AREA));
@@ -159,11 +160,10 @@ impl Settings {
             max_age: self.track_max_age,
             match_similarity: self.match_similarity,
             search_radius: u32::try_from(self.search_radius).ok(),
-            seed_threshold: if self.track_seed_threshold >= 0.0 {
-                Some(self.track_seed_threshold)
-            } else {
-                contract.track_seed_threshold
-            },
+            seed_threshold: property_or_recommended(
+                self.track_seed_threshold,
+                contract.track_seed_threshold,
+            ),
         };
     }
 
