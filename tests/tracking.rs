@@ -311,8 +311,13 @@ fn weaken(classes: &mut [f32], blob: &Blob, seediness: f32) {
 
 /// Per frame, the track id at the centre of a steady object and of one whose seediness drops
 /// to 0.6 on frames 2 to 4, with seed-threshold 0.8 and the given tracks' threshold; and
-/// whether a third object, at 0.6 from its first frame, was ever found.
-fn run_hesitant(track_seed_threshold: Option<f64>) -> (Vec<Option<u64>>, Vec<Option<u64>>, bool) {
+/// whether a third object, at 0.6 from its first frame, was ever found. With `halo`, frame 3
+/// also holds a large patch of the hesitant object's embedding where no pixel is seed-like,
+/// so that a mask grown from the hesitant object would take it in.
+fn run_hesitant(
+    track_seed_threshold: Option<f64>,
+    halo: bool,
+) -> (Vec<Option<u64>>, Vec<Option<u64>>, bool) {
     let params = Params {
         thresholds: vec![0.5, 0.75],
         seed_threshold: 0.8,
@@ -329,9 +334,21 @@ fn run_hesitant(track_seed_threshold: Option<f64>) -> (Vec<Option<u64>>, Vec<Opt
         let weak = blob(NEWCOMER, 50.0, 38.0);
         let steady = blob(MOVER, 8.0 + 2.0 * f, 10.0);
         let hesitant = blob(CROSS_RIGHT, 12.0 + 2.0 * f, 30.0);
-        let blobs = [weak.clone(), steady.clone(), hesitant.clone()];
+        let patch = Blob {
+            center: (48.0, 12.0),
+            radius: (12.0, 9.0),
+            ..hesitant.clone()
+        };
+        let mut blobs = vec![weak.clone(), steady.clone(), hesitant.clone()];
+        let with_patch = halo && frame == 3;
+        if with_patch {
+            blobs.push(patch.clone());
+        }
         let (embedding, mut classes) = SCENE.render(&blobs, frame);
         weaken(&mut classes, &weak, 0.6);
+        if with_patch {
+            weaken(&mut classes, &patch, 0.1);
+        }
         if (2..5).contains(&frame) {
             weaken(&mut classes, &hesitant, 0.6);
         }
@@ -348,7 +365,7 @@ fn run_hesitant(track_seed_threshold: Option<f64>) -> (Vec<Option<u64>>, Vec<Opt
 #[test]
 fn a_lower_track_seed_threshold_keeps_a_hesitant_object_without_seeding_weak_ones() {
     // Section 3 as written: the object vanishes while its seediness is under seed-threshold.
-    let (steady, hesitant, weak_found) = run_hesitant(None);
+    let (steady, hesitant, weak_found) = run_hesitant(None, false);
     assert!(
         steady.iter().all(|id| *id == steady[0] && id.is_some()),
         "{steady:?}"
@@ -358,7 +375,7 @@ fn a_lower_track_seed_threshold_keeps_a_hesitant_object_without_seeding_weak_one
 
     // With the hysteresis, its track holds it through the weak frames under one id, while
     // an object that never reached seed-threshold still starts no track.
-    let (steady, hesitant, weak_found) = run_hesitant(Some(0.5));
+    let (steady, hesitant, weak_found) = run_hesitant(Some(0.5), false);
     assert!(
         steady.iter().all(|id| *id == steady[0] && id.is_some()),
         "{steady:?}"
@@ -368,6 +385,25 @@ fn a_lower_track_seed_threshold_keeps_a_hesitant_object_without_seeding_weak_one
         "{hesitant:?}"
     );
     assert!(!weak_found);
+}
+
+#[test]
+fn a_weak_seed_whose_mask_would_spread_is_refused() {
+    // On frame 3 the hesitant object's mask would take in a patch over three times its size:
+    // its track skips that frame instead, and takes the object back on frame 4.
+    let (steady, hesitant, _) = run_hesitant(Some(0.5), true);
+    assert!(
+        steady.iter().all(|id| *id == steady[0] && id.is_some()),
+        "{steady:?}"
+    );
+    assert_eq!(hesitant[3], None, "{hesitant:?}");
+    assert!(
+        hesitant
+            .iter()
+            .enumerate()
+            .all(|(frame, id)| frame == 3 || (*id == hesitant[0] && id.is_some())),
+        "{hesitant:?}"
+    );
 }
 
 #[test]

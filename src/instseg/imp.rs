@@ -953,7 +953,7 @@ impl ObjectImpl for InstSeg {
                     .build(),
                 glib::ParamSpecDouble::builder("track-seed-threshold")
                     .nick("Track seed threshold")
-                    .blurb("Minimum seediness of a tracked object's new seed; lower than seed-threshold keeps objects tracked through weak frames (-1 = the model's recommendation, else seed-threshold)")
+                    .blurb("Minimum seediness of a tracked object's new seed; lower than seed-threshold keeps objects tracked through weak frames, unless the weak seed's mask would be more than twice the object's last area (-1 = the model's recommendation, else seed-threshold)")
                     .minimum(-1.0)
                     .maximum(1.0)
                     .default_value(DEFAULT_TRACK_SEED_THRESHOLD)

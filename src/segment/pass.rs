@@ -330,6 +330,31 @@ impl Iterator for BitIter {
     }
 }
 
+with_avx2! {
+    /// |m(p)| of a seed embedding, changing no state: valid pixels with d <= limit, covered
+    /// or not, as [`fused_pass`] counts them.
+    pub(super) fn mask_area(
+        state: &PixelState,
+        embedding: &[f32],
+        limit: f32,
+        pixels: usize,
+    ) -> u32 {
+        let dim = embedding.len();
+        let mut area = 0;
+        let mut distances = [0.0f32; BLOCK];
+        for (block, channels) in state.blocked.chunks_exact(dim * BLOCK).enumerate() {
+            let start = block * BLOCK;
+            let len = BLOCK.min(pixels - start);
+            block_distances(channels, embedding, &mut distances);
+            let valid = &state.valid[start..start + len];
+            for (&distance, &valid) in distances[..len].iter().zip(valid) {
+                area += u32::from(valid && distance <= limit);
+            }
+        }
+        area
+    }
+}
+
 pub(super) fn reset<T: Copy>(buffer: &mut Vec<T>, len: usize, value: T) {
     buffer.clear();
     buffer.resize(len, value);

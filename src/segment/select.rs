@@ -2,9 +2,15 @@
 //! Seed selection, masks and exclusive assignment (SPEC section 2), with the warm-start
 //! search of section 3.
 
-use super::pass::{PixelState, Seed, fused_pass, ln_upper_bound, load_frame, reset};
+use super::pass::{PixelState, Seed, fused_pass, ln_upper_bound, load_frame, mask_area, reset};
 use super::track::Tracker;
 use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, distance_limit};
+
+/// A track's seed under seed-threshold (see `TrackingParams::seed_threshold`) is refused when
+/// its mask would be more than this many times the track's last area: a weak seed's class
+/// head often picks the lowest threshold, whose mask can spread over the background (on the
+/// default model's test clips, 71 of 283 such masks covered over 15% of the frame).
+const WEAK_SEED_GROWTH: u32 = 2;
 
 /// Per-frame buffers, sized h x w and reused from frame to frame.
 #[derive(Debug, Default)]
@@ -97,7 +103,8 @@ impl Workspace {
     /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track),
     /// if its similarity to the track reaches match-similarity. A candidate here is a valid,
     /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
-    /// seed-threshold, which makes it exactly a section 2 candidate).
+    /// seed-threshold, which makes it exactly a section 2 candidate); one under seed-threshold
+    /// must also keep its mask within `WEAK_SEED_GROWTH` times the track's last area.
     fn warm_seed(
         &mut self,
         view: &OutputView,
@@ -138,7 +145,34 @@ impl Workspace {
                 }
             }
         }
-        best.filter(|_| best_distance <= distance_limit(params.tracking.match_similarity))
+        let seed =
+            best.filter(|_| best_distance <= distance_limit(params.tracking.match_similarity))?;
+        let weak = f64::from(self.pixels.scoring.seediness[seed]) < params.seed_threshold;
+        if weak
+            && self.mask_area(view, params, seed) > WEAK_SEED_GROWTH * tracker.area(track).max(1)
+        {
+            return None;
+        }
+        Some(seed)
+    }
+
+    /// |m(p)| of a seed without selecting it.
+    fn mask_area(&mut self, view: &OutputView, params: &Params, seed: usize) -> u32 {
+        let (threshold_index, _, _) = strongest_class(view, seed);
+        self.gather_seed_embedding(view, seed);
+        mask_area(
+            &self.pixels,
+            &self.seed_embedding,
+            distance_limit(params.thresholds[threshold_index]),
+            view.pixels(),
+        )
+    }
+
+    /// Copies e_p out of the planar tensor into `seed_embedding`.
+    fn gather_seed_embedding(&mut self, view: &OutputView, seed: usize) {
+        self.seed_embedding.clear();
+        self.seed_embedding
+            .extend(view.embedding.iter().skip(seed).step_by(view.pixels()));
     }
 
     /// Steps 5 to 7 for one selected seed in a single fused pass over the grid: distance,
@@ -152,13 +186,10 @@ impl Workspace {
         track: Option<usize>,
         out: &mut Segmentation,
     ) -> Option<usize> {
-        let pixels = view.pixels();
         let (threshold_index, class_id, confidence) = strongest_class(view, seed);
         let threshold = params.thresholds[threshold_index];
         let limit = distance_limit(threshold);
-        self.seed_embedding.clear();
-        self.seed_embedding
-            .extend(view.embedding.iter().skip(seed).step_by(pixels));
+        self.gather_seed_embedding(view, seed);
         let region = out.instances.len() as u8 + 1;
         let pass = fused_pass(
             &Seed {

@@ -19,7 +19,8 @@ pub struct TrackingParams {
     /// Lower, it is a hysteresis: an object keeps its track through frames where its
     /// seediness dips under the threshold a new object needs, instead of vanishing and
     /// coming back under a new id (an extension of SPEC section 3, which searches only the
-    /// seed candidates).
+    /// seed candidates). Such a weak seed is refused when its mask would be more than twice
+    /// the track's last area.
     pub seed_threshold: Option<f64>,
 }
 
@@ -59,6 +60,7 @@ struct Track {
     confidence: f32,
     seed: GridPoint,
     bbox: GridRect,
+    area: u32,
     age: u32,
     misses: u32,
 }
@@ -106,6 +108,11 @@ impl Tracker {
             let (a, b) = (&self.tracks[a], &self.tracks[b]);
             b.confidence.total_cmp(&a.confidence).then(a.id.cmp(&b.id))
         });
+    }
+
+    /// The exclusive area of the track's last instance, in grid pixels.
+    pub(super) fn area(&self, track: usize) -> u32 {
+        self.tracks[track].area
     }
 
     pub(super) fn embedding(&self, track: usize) -> &[f32] {
@@ -183,6 +190,7 @@ impl Tracker {
                         confidence: 0.0,
                         seed: GridPoint::default(),
                         bbox: GridRect::default(),
+                        area: 0,
                         age: 0,
                         misses: 0,
                     });
@@ -194,6 +202,7 @@ impl Tracker {
             state.confidence = instance.confidence;
             state.seed = instance.seed;
             state.bbox = instance.bbox;
+            state.area = instance.area;
             state.misses = 0;
             instance.track_id = state.id;
             instance.age = state.age;

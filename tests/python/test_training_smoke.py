@@ -61,3 +61,4 @@ def test_evaluation_scores_the_plugin_on_images_and_clips(tmp_path, monkeypatch,
         assert -1.0 <= report[key] <= 1.0
     assert report["id-switches-per-100 (tracking)"] >= 0.0
     assert 0.0 <= report["tracks-keeping-one-id (no-tracking)"] <= 1.0
+    assert -1.0 <= report["clip-AP (tracking)"] <= 1.0

@@ -13,6 +13,8 @@ Identity metrics: each ground-truth instance is matched per frame to the predict
 highest IoU (>= 0.5, one to one); an identity switch is a change of the predicted track id
 matched to a ground-truth track between two of its matched frames; "kept" is the share of
 ground-truth tracks whose most frequent predicted id covers at least 80% of their visible frames.
+The clip frames' masks are also scored (mask AP, tracking on and off): identities must not cost
+the masks themselves.
 """
 
 from __future__ import annotations
@@ -107,8 +109,11 @@ def _iou(a, b):
 
 
 def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None, properties=""):
-    """(identity switches per 100 instance-frames, share of tracks keeping one id) on clips."""
+    """(identity switches per 100 instance-frames, share of tracks keeping one id, mask AP of
+    the clip frames) on clips: the AP shows what tracking does to the masks themselves."""
     coco = COCO(annotations)
+    categories = [c["id"] for c in coco.dataset["categories"]]
+    detections, frame_ids = [], []
     videos = defaultdict(list)
     for image in coco.imgs.values():
         if "video_id" in image:
@@ -120,6 +125,9 @@ def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None,
                            tracking=tracking, plugin_path=plugin_path, properties=properties)
         matched = defaultdict(list)  # ground-truth track -> predicted id per visible frame
         for image, line in zip(frames, lines):
+            frame_ids.append(image["id"])
+            detections += [{"image_id": image["id"], "category_id": categories[i["class_id"] - 1],
+                            "segmentation": i["mask"], "score": i["score"]} for i in line["instances"]]
             truth = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
             predicted = [(i["track_id"], mask_api.decode({"size": i["mask"]["size"],
                                                           "counts": i["mask"]["counts"].encode()}))
@@ -143,7 +151,8 @@ def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None,
             tracks += 1
             if seen and Counter(seen).most_common(1)[0][1] >= 0.8 * len(ids):
                 kept += 1
-    return 100.0 * switches / max(instance_frames, 1), kept / max(tracks, 1)
+    ap = _score(coco, frame_ids, detections)[0]
+    return 100.0 * switches / max(instance_frames, 1), kept / max(tracks, 1), ap
 
 
 def main(argv=None) -> None:
@@ -169,11 +178,12 @@ def main(argv=None) -> None:
     clips = os.path.join(args.data, "annotations", "instances_clips.json")
     if os.path.exists(clips):
         for tracking in (True, False):
-            per100, share = identity_metrics(clips, os.path.join(args.data, "clips"), args.model,
+            per100, share, clip_ap = identity_metrics(clips, os.path.join(args.data, "clips"), args.model,
                                              tracking, args.plugin_path, args.properties)
             key = "tracking" if tracking else "no-tracking"
             report[f"id-switches-per-100 ({key})"] = per100
             report[f"tracks-keeping-one-id ({key})"] = share
+            report[f"clip-AP ({key})"] = clip_ap
     print(json.dumps(report, indent=1))
 
 
