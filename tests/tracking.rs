@@ -311,12 +311,12 @@ fn weaken(classes: &mut [f32], blob: &Blob, seediness: f32) {
 
 /// Per frame, the track id at the centre of a steady object and of one whose seediness drops
 /// to 0.6 on frames 2 to 4, with seed-threshold 0.8 and the given tracks' threshold; and
-/// whether a third object, at 0.6 from its first frame, was ever found. With `halo`, frame 3
+/// whether a third object, at 0.6 from its first frame, was ever found. With `spreading_patch`, frame 3
 /// also holds a large patch of the hesitant object's embedding where no pixel is seed-like,
 /// so that a mask grown from the hesitant object would take it in.
 fn run_hesitant(
     track_seed_threshold: Option<f64>,
-    halo: bool,
+    spreading_patch: bool,
 ) -> (Vec<Option<u64>>, Vec<Option<u64>>, bool) {
     let params = Params {
         thresholds: vec![0.5, 0.75],
@@ -340,7 +340,7 @@ fn run_hesitant(
             ..hesitant.clone()
         };
         let mut blobs = vec![weak.clone(), steady.clone(), hesitant.clone()];
-        let with_patch = halo && frame == 3;
+        let with_patch = spreading_patch && frame == 3;
         if with_patch {
             blobs.push(patch.clone());
         }

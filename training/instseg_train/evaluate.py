@@ -179,7 +179,7 @@ def main(argv=None) -> None:
     if os.path.exists(clips):
         for tracking in (True, False):
             per100, share, clip_ap = identity_metrics(clips, os.path.join(args.data, "clips"), args.model,
-                                             tracking, args.plugin_path, args.properties)
+                                                      tracking, args.plugin_path, args.properties)
             key = "tracking" if tracking else "no-tracking"
             report[f"id-switches-per-100 ({key})"] = per100
             report[f"tracks-keeping-one-id ({key})"] = share
