@@ -149,7 +149,8 @@ impl Workspace {
             best.filter(|_| best_distance <= distance_limit(params.tracking.match_similarity))?;
         let weak = f64::from(self.pixels.scoring.seediness[seed]) < params.seed_threshold;
         if weak
-            && self.mask_area(view, params, seed) > WEAK_SEED_GROWTH * tracker.area(track).max(1)
+            && self.mask_area(view, params, seed)
+                > WEAK_SEED_GROWTH.saturating_mul(tracker.area(track).max(1))
         {
             return None;
         }
