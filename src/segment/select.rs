@@ -149,7 +149,7 @@ impl Workspace {
             best.filter(|_| best_distance <= distance_limit(params.tracking.match_similarity))?;
         let weak = f64::from(self.pixels.scoring.seediness[seed]) < params.seed_threshold;
         if weak
-            && self.mask_area(view, params, seed)
+            && self.prospective_mask_area(view, params, seed)
                 > WEAK_SEED_GROWTH.saturating_mul(tracker.area(track).max(1))
         {
             return None;
@@ -157,8 +157,9 @@ impl Workspace {
         Some(seed)
     }
 
-    /// |m(p)| of a seed without selecting it.
-    fn mask_area(&mut self, view: &OutputView, params: &Params, seed: usize) -> u32 {
+    /// |m(p)| of a seed without selecting it (a seed that passes is then measured again by its
+    /// fused pass: the guard only runs for weak seeds, so that pass stays the only one otherwise).
+    fn prospective_mask_area(&mut self, view: &OutputView, params: &Params, seed: usize) -> u32 {
         let (threshold_index, _, _) = strongest_class(view, seed);
         self.gather_seed_embedding(view, seed);
         mask_area(
