@@ -69,18 +69,20 @@ def _score(coco, image_ids, detections):
     return tuple(float(v) for v in evaluation.stats[:3])
 
 
+def _detections(coco, image_id, line):
+    """COCO result dicts of the plugin's instances on one image (one `results-location` line)."""
+    categories = [c["id"] for c in coco.dataset["categories"]]
+    return [{"image_id": image_id, "category_id": categories[instance["class_id"] - 1],
+             "segmentation": instance["mask"], "score": instance["score"]} for instance in line["instances"]]
+
+
 def mask_ap(annotations, images_dir, model, plugin_path=None, properties=""):
     """(AP, AP50, AP75) of the plugin's masks on the split's still images."""
     coco = COCO(annotations)
     image_ids = _still_images(coco)
-    categories = [c["id"] for c in coco.dataset["categories"]]
     paths = [os.path.join(images_dir, coco.imgs[i]["file_name"]) for i in image_ids]
     lines = run_plugin(paths, model, tracking=False, plugin_path=plugin_path, properties=properties)
-    detections = [
-        {"image_id": image_id, "category_id": categories[instance["class_id"] - 1],
-         "segmentation": instance["mask"], "score": instance["score"]}
-        for image_id, line in zip(image_ids, lines) for instance in line["instances"]
-    ]
+    detections = [d for image_id, line in zip(image_ids, lines) for d in _detections(coco, image_id, line)]
     return _score(coco, image_ids, detections)
 
 
@@ -112,7 +114,6 @@ def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None,
     """(identity switches per 100 instance-frames, share of tracks keeping one id, mask AP of
     the clip frames) on clips: the AP shows what tracking does to the masks themselves."""
     coco = COCO(annotations)
-    categories = [c["id"] for c in coco.dataset["categories"]]
     detections, frame_ids = [], []
     videos = defaultdict(list)
     for image in coco.imgs.values():
@@ -126,8 +127,7 @@ def identity_metrics(annotations, images_dir, model, tracking, plugin_path=None,
         matched = defaultdict(list)  # ground-truth track -> predicted id per visible frame
         for image, line in zip(frames, lines):
             frame_ids.append(image["id"])
-            detections += [{"image_id": image["id"], "category_id": categories[i["class_id"] - 1],
-                            "segmentation": i["mask"], "score": i["score"]} for i in line["instances"]]
+            detections += _detections(coco, image["id"], line)
             truth = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
             predicted = [(i["track_id"], mask_api.decode({"size": i["mask"]["size"],
                                                           "counts": i["mask"]["counts"].encode()}))
