@@ -3,7 +3,8 @@
 //! NumPy equality test, the post-processing benchmark) can drive the Rust implementation.
 //!
 //! Each directory holds `case.json` (`embedding_shape` [D, h, w], `classes_shape`
-//! [T, C+1, h, w], `thresholds`, `seed_threshold`, `alpha`, `max_instances`, `min_area`) and
+//! [T, C+1, h, w], `thresholds`, `seed_threshold`, `alpha`, `max_instances`, `min_area`,
+//! optionally `overlaps`: `nearest` or `confident`) and
 //! the tensors as raw little-endian float32 (`embedding.f32`, `classes.f32`). The result is
 //! written next to them: `result.json` (instances) and `labels.u8` (the label map).
 //!
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 use std::{env, fs};
 
-use gstinstseg::segment::{OutputView, Params, Segmenter, TrackingParams};
+use gstinstseg::segment::{OutputView, Overlaps, Params, Segmenter, TrackingParams};
 use serde_json::{Value, json};
 
 type Error = Box<dyn std::error::Error>;
@@ -77,6 +78,11 @@ fn run_case(dir: &Path, repeat: usize, segmenter: &mut Segmenter) -> Result<(), 
         alpha: number("alpha")?,
         max_instances: u8::try_from(number("max_instances")? as u64)?,
         min_area: number("min_area")? as u32,
+        overlaps: match case["overlaps"].as_str() {
+            None | Some("nearest") => Overlaps::Nearest,
+            Some("confident") => Overlaps::Confident,
+            Some(other) => return Err(format!("bad overlaps {other:?}").into()),
+        },
         tracking: TrackingParams {
             enabled: false,
             ..TrackingParams::default()

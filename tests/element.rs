@@ -447,6 +447,49 @@ fn tiny_frames_still_get_a_result() {
     }
 }
 
+/// Three bands of red, bright to dark (colour model: embedding 4 x RGB, tau 0.5 holds
+/// squared distances up to ln 3): the middle band lies in the masks of both outer bands,
+/// nearer to the dark band's seed, while the bright band's seed is the more confident.
+#[test]
+fn overlaps_go_to_the_nearest_seed_or_to_the_most_confident_instance() {
+    init();
+    let (width, height) = (64u32, 64u32);
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, width, height)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .expect("valid video info");
+    let stride = info.stride()[0] as usize;
+    let mut data = vec![0u8; stride * height as usize];
+    for (rows, red) in [(0..16, 255), (16..32, 190), (32..48, 145)] {
+        for y in rows {
+            for x in 0..width as usize {
+                data[y * stride + 3 * x] = red;
+            }
+        }
+    }
+    let owner_of_middle_band = |overlaps: &str| {
+        let mut h = gst_check::Harness::new_parse(&format!(
+            "instseg model-location={} alpha=0 min-area=1 overlaps={overlaps}",
+            fixture("colour.onnx")
+        ));
+        h.play();
+        h.set_src_caps(info.to_caps().expect("caps"));
+        let out = h
+            .push_and_pull(gst::Buffer::from_slice(data.clone()))
+            .expect("a buffer comes out");
+        let result = MetaResult::read(&out);
+        assert_eq!(result.instances.len(), 2, "{overlaps}: {result:?}");
+        let seed_row = |x, y| result.instance_at(x, y, width, height).map(|i| i.seed[1]);
+        (seed_row(5, 5), seed_row(5, 24), seed_row(5, 40))
+    };
+    let (bright, middle, dark) = owner_of_middle_band("nearest");
+    assert!(bright.is_some() && dark.is_some() && bright != dark);
+    assert_eq!(middle, dark);
+    // The colour model recommends nothing: auto is section 2's nearest seed.
+    assert_eq!(owner_of_middle_band("auto"), (bright, middle, dark));
+    assert_eq!(owner_of_middle_band("confident"), (bright, bright, dark));
+}
+
 /// GLib checks each value against the property's range; the bindings turn a refusal into a
 /// panic, which this test catches.
 #[test]

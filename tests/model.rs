@@ -11,6 +11,7 @@ use gstinstseg::model::{
     ActiveProvider, ExecutionProvider, Model, ModelError, ModelOutputs, ModelSource, Resize,
     SessionOptions,
 };
+use gstinstseg::segment::Overlaps;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,6 +60,7 @@ fn colour_model_contract() {
     assert_eq!(contract.seed_threshold, Some(0.5));
     assert_eq!(contract.min_area, Some(4));
     assert_eq!(contract.track_seed_threshold, None);
+    assert_eq!(contract.overlaps, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -67,8 +69,9 @@ fn colour_model_contract() {
     assert!(library.to_string_lossy().contains("libonnxruntime.so"));
 }
 
-/// The shipped default model carries its recommended post-processing; it leaves the tracks'
-/// seed threshold to section 3 (no `instseg.track-seed-threshold`: see the model card).
+/// The shipped default model carries its recommended post-processing, the overlaps extension
+/// included; it leaves the tracks' seed threshold to section 3 (no
+/// `instseg.track-seed-threshold`: see the model card).
 #[test]
 fn default_model_recommends_its_post_processing() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
@@ -79,6 +82,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.seed_threshold, Some(0.8));
     assert_eq!(contract.min_area, Some(64));
     assert_eq!(contract.track_seed_threshold, None);
+    assert_eq!(contract.overlaps, Some(Overlaps::Confident));
 }
 
 #[test]
@@ -258,10 +262,10 @@ fn broken_models_are_refused_with_clear_messages() {
     }
 }
 
-/// The colour model with one metadata value swapped for another of the same length, which
-/// keeps the protobuf valid.
-fn colour_with(name: &'static str, from: &[u8], to: &[u8]) -> ModelSource {
-    let mut bytes = include_bytes!("fixtures/colour.onnx").to_vec();
+/// A model with one metadata value swapped for another of the same length, which keeps the
+/// protobuf valid.
+fn model_with(name: &'static str, model: &[u8], from: &[u8], to: &[u8]) -> ModelSource {
+    let mut bytes = model.to_vec();
     let at = bytes
         .windows(from.len())
         .position(|window| window == from)
@@ -290,6 +294,12 @@ fn invalid_metadata_is_refused_naming_the_key() {
         ),
         ("zero-std", b"1,1,1", b"1,0,1", "instseg.std is \"1,0,1\""),
         (
+            "overlaps",
+            b"overlaps\x12\x09confident",
+            b"overlaps\x12\x09confidant",
+            "instseg.overlaps is \"confidant\"",
+        ),
+        (
             "version",
             b"contract\x12\x011",
             b"contract\x12\x012",
@@ -297,7 +307,13 @@ fn invalid_metadata_is_refused_naming_the_key() {
         ),
     ];
     for (name, from, to, needle) in cases {
-        let err = Model::load(&colour_with(name, from, to), &cpu()).unwrap_err();
+        // The colour fixture leaves out the element's extensions; the default model has them.
+        let model: &[u8] = if name == "overlaps" {
+            include_bytes!("../models/default.onnx")
+        } else {
+            include_bytes!("fixtures/colour.onnx")
+        };
+        let err = Model::load(&model_with(name, model, from, to), &cpu()).unwrap_err();
         assert!(matches!(err, ModelError::Contract(_)), "{err}");
         let message = err.to_string();
         assert!(message.contains(&format!("embedded:{name}")), "{message}");

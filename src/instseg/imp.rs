@@ -12,7 +12,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::{ExecutionProvider, Overlay};
+use super::{ExecutionProvider, Overlaps, Overlay};
 use crate::meta;
 use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
@@ -21,7 +21,7 @@ use crate::preprocess::{
     YuvMatrix,
 };
 use crate::results::{self, FrameRecord, InstanceRecord, MaskGeometry};
-use crate::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams};
+use crate::segment::{self, OutputView, Params, Segmentation, Segmenter, TrackingParams};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -48,6 +48,8 @@ const DEFAULT_MAX_INSTANCES: u32 = 32;
 /// Negative: take the model's recommendation (`instseg.min-area`), else 4.
 const DEFAULT_MIN_AREA: i32 = -1;
 const FALLBACK_MIN_AREA: u32 = 4;
+/// Auto: take the model's recommendation (`instseg.overlaps`), else nearest (SPEC section 2).
+const DEFAULT_OVERLAPS: Overlaps = Overlaps::Auto;
 const DEFAULT_TRACKING: bool = true;
 const DEFAULT_TRACK_MAX_AGE: u32 = 10;
 const DEFAULT_MATCH_SIMILARITY: f64 = 0.5;
@@ -74,6 +76,7 @@ struct Settings {
     alpha: f64,
     max_instances: u32,
     min_area: i32,
+    overlaps: Overlaps,
     tracking: bool,
     track_max_age: u32,
     match_similarity: f64,
@@ -99,6 +102,7 @@ impl Default for Settings {
             alpha: DEFAULT_ALPHA,
             max_instances: DEFAULT_MAX_INSTANCES,
             min_area: DEFAULT_MIN_AREA,
+            overlaps: DEFAULT_OVERLAPS,
             tracking: DEFAULT_TRACKING,
             track_max_age: DEFAULT_TRACK_MAX_AGE,
             match_similarity: DEFAULT_MATCH_SIMILARITY,
@@ -155,6 +159,11 @@ impl Settings {
         params.max_instances = self.max_instances.clamp(1, 255) as u8;
         params.min_area = u32::try_from(self.min_area)
             .unwrap_or_else(|_| contract.min_area.unwrap_or(FALLBACK_MIN_AREA));
+        params.overlaps = match self.overlaps {
+            Overlaps::Auto => contract.overlaps.unwrap_or_default(),
+            Overlaps::Nearest => segment::Overlaps::Nearest,
+            Overlaps::Confident => segment::Overlaps::Confident,
+        };
         params.tracking = TrackingParams {
             enabled: self.tracking,
             max_age: self.track_max_age,
@@ -924,6 +933,11 @@ impl ObjectImpl for InstSeg {
                     .default_value(DEFAULT_MIN_AREA)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("overlaps", DEFAULT_OVERLAPS)
+                    .nick("Overlaps")
+                    .blurb("Which instance a pixel inside several masks belongs to: the one whose seed is nearest in embedding space (SPEC section 2), the most confident one (confident: masks of confident seeds stay whole), or auto (the model's recommendation, else nearest)")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("tracking")
                     .nick("Tracking")
                     .blurb("Warm-start each frame from the previous one's seeds so instances keep their id")
@@ -1035,6 +1049,7 @@ impl ObjectImpl for InstSeg {
             "alpha" => settings.alpha = value.get().expect("type checked upstream"),
             "max-instances" => settings.max_instances = value.get().expect("type checked upstream"),
             "min-area" => settings.min_area = value.get().expect("type checked upstream"),
+            "overlaps" => settings.overlaps = value.get().expect("type checked upstream"),
             "tracking" => settings.tracking = value.get().expect("type checked upstream"),
             "track-max-age" => settings.track_max_age = value.get().expect("type checked upstream"),
             "match-similarity" => {
@@ -1089,6 +1104,7 @@ impl ObjectImpl for InstSeg {
             "alpha" => settings.alpha.to_value(),
             "max-instances" => settings.max_instances.to_value(),
             "min-area" => settings.min_area.to_value(),
+            "overlaps" => settings.overlaps.to_value(),
             "tracking" => settings.tracking.to_value(),
             "track-max-age" => settings.track_max_age.to_value(),
             "match-similarity" => settings.match_similarity.to_value(),

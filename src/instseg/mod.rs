@@ -43,6 +43,28 @@ pub enum Overlay {
     Blend = 3,
 }
 
+/// Which instance a pixel inside several masks belongs to.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstInstSegOverlaps")]
+pub enum Overlaps {
+    #[enum_value(
+        name = "Auto: the model's recommendation (instseg.overlaps), else nearest",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(
+        name = "Nearest: the instance whose seed is nearest in embedding space",
+        nick = "nearest"
+    )]
+    Nearest = 1,
+    #[enum_value(
+        name = "Confident: the most confident instance keeps its pixels",
+        nick = "confident"
+    )]
+    Confident = 2,
+}
+
 glib::wrapper! {
     pub struct InstSeg(ObjectSubclass<imp::InstSeg>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
 }

@@ -8,6 +8,7 @@ use ort::session::{ModelMetadata, Session};
 use ort::value::{TensorElementType, TensorRef};
 
 use super::{Contract, ModelError, Resize};
+use crate::segment::Overlaps;
 
 /// A contract error about `model`, from a format string.
 macro_rules! refused {
@@ -76,6 +77,15 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
     let alpha = props.get("instseg.alpha", "a number", number)?;
     let seed_threshold = props.get("instseg.seed-threshold", "a number", number)?;
     let track_seed_threshold = props.get("instseg.track-seed-threshold", "a number", number)?;
+    let overlaps = props.get(
+        "instseg.overlaps",
+        "nearest or confident",
+        |value| match value {
+            "nearest" => Some(Overlaps::Nearest),
+            "confident" => Some(Overlaps::Confident),
+            _ => None,
+        },
+    )?;
     let min_area = props.get("instseg.min-area", "a non-negative integer", |v| {
         v.parse().ok()
     })?;
@@ -178,6 +188,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         alpha,
         seed_threshold,
         track_seed_threshold,
+        overlaps,
         min_area,
     })
 }

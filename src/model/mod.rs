@@ -19,6 +19,8 @@ use ort::ep::ExecutionProvider as _;
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use crate::segment::Overlaps;
+
 /// The execution provider asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ExecutionProvider {
@@ -86,6 +88,8 @@ pub struct Contract {
     /// `instseg.track-seed-threshold`, an extension of the contract: see
     /// `TrackingParams::seed_threshold`.
     pub track_seed_threshold: Option<f64>,
+    /// `instseg.overlaps`, an extension of the contract: see `segment::Overlaps`.
+    pub overlaps: Option<Overlaps>,
 }
 
 /// The execution provider a session actually runs on.

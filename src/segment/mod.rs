@@ -129,6 +129,8 @@ pub struct Params {
     pub max_instances: u8,
     /// A selected seed's mask must have at least this many pixels for the instance to be kept.
     pub min_area: u32,
+    /// Which kept instance a pixel inside several masks belongs to (step 7).
+    pub overlaps: Overlaps,
     /// Warm start and identities.
     pub tracking: TrackingParams,
 }
@@ -141,9 +143,23 @@ impl Default for Params {
             alpha: 0.3,
             max_instances: 32,
             min_area: 4,
+            overlaps: Overlaps::default(),
             tracking: TrackingParams::default(),
         }
     }
+}
+
+/// Which kept instance owns a pixel that lies inside several masks (SPEC section 2, step 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlaps {
+    /// The instance whose seed is nearest in embedding space: step 7 as written.
+    #[default]
+    Nearest,
+    /// The most confident instance, ties to the earlier one (an extension of step 7). A less
+    /// confident seed is mostly a fragment on the rim of a shape already found, which nearest
+    /// ownership lets cut into that shape's mask (default model, validation split, through the
+    /// element: mask AP 0.659 against 0.634 with `Nearest`).
+    Confident,
 }
 
 impl Params {
@@ -383,6 +399,32 @@ mod tests {
         let result = segmenter.segment(&view, &good).unwrap();
         assert_eq!(result.instances.len(), 1);
         assert_eq!(result.labels, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn overlaps_go_to_the_nearest_seed_or_to_the_most_confident_instance() {
+        // Seeds on pixels 0 and 2 (seediness 0.9, 0.8); pixel 1 lies in both masks
+        // (tau 0.5: d <= ln 3), nearer to the second seed.
+        let embedding = [0.0, 0.8, 1.5, 5.0];
+        let classes = [0.1, 0.9, 0.2, 0.9, /* class 1: */ 0.9, 0.1, 0.8, 0.1];
+        let view = OutputView::new(&embedding, &classes, 1, 1, 2, 1, 4).unwrap();
+        let mut params = Params {
+            thresholds: vec![0.5],
+            min_area: 1,
+            ..Params::default()
+        };
+        let mut segmenter = Segmenter::new();
+        assert_eq!(
+            segmenter.segment(&view, &params).unwrap().labels,
+            [1, 2, 2, 0]
+        );
+        params.overlaps = Overlaps::Confident;
+        let result = segmenter.segment(&view, &params).unwrap();
+        assert_eq!(result.labels, [1, 1, 2, 0]);
+        assert_eq!(
+            result.instances.iter().map(|i| i.area).collect::<Vec<_>>(),
+            [2, 1]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! outside the mask, was tried and measured slower: with D >= 8, distances between
 //! clusters are too alike for the bound to prune more than it costs.
 
-use super::OutputView;
+use super::{OutputView, Overlaps};
 
 /// Pixels per block: 32 f32 accumulators fit in the vector registers of SSE2 and AVX2, and
 /// a block's pixel flags fit in a u32.
@@ -30,9 +30,11 @@ pub(super) struct PixelState {
     pub covered: Vec<bool>,
     /// Seediness, D(p) and the greedy scores of the candidates.
     pub scoring: Scoring,
-    /// Distance to the seed of the instance that currently owns the pixel in the label map.
-    pub owner_distance: Vec<f32>,
-    /// Ownership taken by the current seed: (pixel, previous label, previous owner distance),
+    /// What the instance that currently owns the pixel in the label map holds it by: its
+    /// seed's distance (`Overlaps::Nearest`) or minus its confidence (`Overlaps::Confident`).
+    /// A seed whose key is smaller takes the pixel.
+    pub owner_key: Vec<f32>,
+    /// Ownership taken by the current seed: (pixel, previous label, previous owner key),
     /// replayed when its instance turns out smaller than min-area.
     pub undo: Vec<(u32, u8, f32)>,
 }
@@ -106,6 +108,10 @@ pub(super) struct Seed<'a> {
     pub limit: f32,
     /// Label-map value the pixels of its mask take if they are nearest to it.
     pub region: u8,
+    /// How it claims the pixels of its mask that another instance owns.
+    pub overlaps: Overlaps,
+    /// C^{t_p}_{p, c_p}, its claim under `Overlaps::Confident`.
+    pub confidence: f32,
 }
 
 /// What one pass found.
@@ -159,12 +165,12 @@ with_avx2! {
             candidate,
             covered,
             scoring,
-            owner_distance,
+            owner_key,
             undo,
         } = state;
         let (valid, candidate) = (&valid[..pixels], &mut candidate[..pixels]);
         let covered = &mut covered[..pixels];
-        let owner_distance = &mut owner_distance[..pixels];
+        let owner_key = &mut owner_key[..pixels];
         undo.clear();
         let mut area = 0;
         let mut best = (f64::NEG_INFINITY, None);
@@ -193,10 +199,14 @@ with_avx2! {
                     area += 1;
                     candidate[pixel] = false;
                     covered[pixel] = true;
-                    if distance < owner_distance[pixel] {
-                        undo.push((pixel as u32, labels[pixel], owner_distance[pixel]));
+                    let key = match seed.overlaps {
+                        Overlaps::Nearest => distance,
+                        Overlaps::Confident => -seed.confidence,
+                    };
+                    if key < owner_key[pixel] {
+                        undo.push((pixel as u32, labels[pixel], owner_key[pixel]));
                         labels[pixel] = seed.region;
-                        owner_distance[pixel] = distance;
+                        owner_key[pixel] = key;
                     }
                 } else {
                     // A candidate: D(p) only matters while p is one, and candidates never
@@ -261,7 +271,7 @@ with_avx2! {
         }
         reset(&mut state.covered, pixels, false);
         state.scoring.reset(pixels);
-        reset(&mut state.owner_distance, pixels, f32::INFINITY);
+        reset(&mut state.owner_key, pixels, f32::INFINITY);
     }
 }
 

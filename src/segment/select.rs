@@ -198,6 +198,8 @@ impl Workspace {
                 embedding: &self.seed_embedding,
                 limit,
                 region,
+                overlaps: params.overlaps,
+                confidence,
             },
             params.alpha,
             &mut self.pixels,
@@ -228,7 +230,7 @@ impl Workspace {
             out.stats.rejected_seeds += 1;
             for &(pixel, label, distance) in &self.pixels.undo {
                 out.labels[pixel as usize] = label;
-                self.pixels.owner_distance[pixel as usize] = distance;
+                self.pixels.owner_key[pixel as usize] = distance;
             }
         }
         pass.next

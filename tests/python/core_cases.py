@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_case(directory: Path, embedding, classes, thresholds, seed_threshold=0.5, alpha=0.3,
-               max_instances=32, min_area=4) -> Path:
+               max_instances=32, min_area=4, overlaps="nearest") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     np.ascontiguousarray(embedding, "<f4").tofile(directory / "embedding.f32")
     np.ascontiguousarray(classes, "<f4").tofile(directory / "classes.f32")
@@ -28,6 +28,7 @@ def write_case(directory: Path, embedding, classes, thresholds, seed_threshold=0
         "alpha": float(alpha),
         "max_instances": int(max_instances),
         "min_area": int(min_area),
+        "overlaps": overlaps,
     }
     (directory / "case.json").write_text(json.dumps(case))
     return directory

@@ -28,6 +28,7 @@ def random_params(rng, count_thresholds):
         "alpha": float(rng.choice([0.0, 0.3, 1.0, 2.5])),
         "max_instances": int(rng.choice([1, 3, 32, 255])),
         "min_area": int(rng.choice([1, 4, 20])),
+        "overlaps": str(rng.choice(["nearest", "confident"])),
     }
 
 

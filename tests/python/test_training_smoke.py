@@ -13,12 +13,13 @@ from core_cases import example_binary
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("options, stride, min_area, alpha, track_seed_threshold", [
-    ([], 4, None, None, None),
+@pytest.mark.parametrize("options, stride, recommended", [
+    ([], 4, {}),
     (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1",
-      "--alpha", "0", "--track-seed-threshold", "0.3"], 2, "16", "0", "0.3"),
+      "--alpha", "0", "--track-seed-threshold", "0.3", "--overlaps", "confident"], 2,
+     {"min-area": "16", "alpha": "0", "track-seed-threshold": "0.3", "overlaps": "confident"}),
 ])
-def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area, alpha, track_seed_threshold):
+def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, recommended):
     import onnx
 
     from instseg_train.train import main
@@ -31,9 +32,8 @@ def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, min_area,
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
     assert outputs["embedding"] == [1, 8, 64 // stride, 64 // stride]
     metadata = {p.key: p.value for p in proto.metadata_props}
-    assert metadata.get("instseg.min-area") == min_area
-    assert metadata.get("instseg.alpha") == alpha
-    assert metadata.get("instseg.track-seed-threshold") == track_seed_threshold
+    for key in ("min-area", "alpha", "track-seed-threshold", "overlaps"):
+        assert metadata.get(f"instseg.{key}") == recommended.get(key), key
     done = subprocess.run([str(example_binary("run_pipeline")), "--provider", "cpu", "--model",
                            str(model), "--frames", "5", "--size", "160x120"],
                           check=True, capture_output=True, text=True)

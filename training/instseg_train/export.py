@@ -18,10 +18,13 @@ def _floats(values) -> str:
 
 def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=None,
                       seed_threshold=None, min_area=None, extra_metadata=None,
-                      track_seed_threshold=None) -> dict[str, str]:
+                      track_seed_threshold=None, overlaps=None) -> dict[str, str]:
     """The instseg.* metadata_props of SPEC.md section 1 (input_size is (height, width)), plus
-    the element's extension ``instseg.track-seed-threshold`` (the seediness a tracked object's
-    new seed needs) when ``track_seed_threshold`` is given."""
+    the element's extensions when given: ``instseg.track-seed-threshold`` (the seediness a
+    tracked object's new seed needs) and ``instseg.overlaps`` ("nearest" or "confident": which
+    instance a pixel inside several masks belongs to)."""
+    if overlaps not in (None, "nearest", "confident"):
+        raise ValueError(f'overlaps must be "nearest" or "confident", got {overlaps!r}')
     thresholds = tuple(thresholds if thresholds is not None else model.thresholds)
     labels = list(labels if labels is not None else [f"class{i}" for i in range(1, model.num_classes + 1)])
     if len(thresholds) != len(model.thresholds) or list(thresholds) != sorted(thresholds):
@@ -39,7 +42,7 @@ def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=Non
         "instseg.resize": "letterbox",
     }
     recommended = (("alpha", alpha), ("seed-threshold", seed_threshold), ("min-area", min_area),
-                   ("track-seed-threshold", track_seed_threshold))
+                   ("track-seed-threshold", track_seed_threshold), ("overlaps", overlaps))
     for key, value in recommended:
         if value is not None:
             meta[f"instseg.{key}"] = f"{value:g}" if isinstance(value, float) else str(value)
@@ -49,13 +52,13 @@ def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=Non
 
 def export_onnx(model, path, input_size=(256, 256), labels=None, thresholds=None, extra_metadata=None,
                 dynamic: bool = False, alpha=None, seed_threshold=None, min_area=None,
-                track_seed_threshold=None) -> dict[str, str]:
+                track_seed_threshold=None, overlaps=None) -> dict[str, str]:
     """Writes `model` (in eval mode, batch norms folded) to `path`: opset 17, input `image`
     [1, 3, H, W] (H, W fixed to input_size = (height, width), or dynamic), outputs `embedding`
     and `classes`, instseg.* metadata_props, one self-contained file of at most 4 MB.
     Returns the metadata written."""
     meta = contract_metadata(model, input_size, labels, thresholds, alpha, seed_threshold, min_area, extra_metadata,
-                             track_seed_threshold)
+                             track_seed_threshold, overlaps)
     was_training = model.training
     model.eval()
     kwargs = {}

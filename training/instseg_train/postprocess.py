@@ -52,15 +52,19 @@ def postprocess(
     alpha: float = 0.3,
     max_instances: int = 32,
     min_area: int = 4,
+    overlaps: str = "nearest",
 ) -> tuple[list[Instance], np.ndarray]:
     """Segments one image from the model outputs.
 
     embedding: [D, h, w]; classes: [T, C+1, h, w] (class 0 is the background).
+    overlaps: who owns a pixel inside several kept masks: "nearest" (step 7: the nearest seed)
+    or "confident" (the element's extension: the most confident instance, ties to the earlier).
     Returns the kept instances in acceptance order and the exclusive label map (uint8, h x w).
     """
     dim, height, width = embedding.shape
     num_thresholds, num_classes = classes.shape[:2]
     assert len(thresholds) == num_thresholds
+    assert overlaps in ("nearest", "confident")
     pixels = height * width
     emb = np.ascontiguousarray(embedding, np.float32).reshape(dim, pixels)
     probs = np.ascontiguousarray(classes, np.float32).reshape(num_thresholds, num_classes, pixels)
@@ -76,7 +80,7 @@ def postprocess(
         ln_seediness = np.log(seediness64)
 
     nearest = np.full(pixels, np.inf, np.float32)  # D(p)
-    owner_distance = np.full(pixels, np.inf, np.float32)
+    owner_key = np.full(pixels, np.inf, np.float32)
     labels = np.zeros(pixels, np.uint8)
     instances: list[Instance] = []
     any_selected = False
@@ -108,18 +112,21 @@ def postprocess(
         if int(mask.sum()) < min_area:
             continue
 
-        # 7. Exclusive assignment: the nearest seed wins, ties go to the earlier instance.
+        # 7. Exclusive assignment: the nearest seed wins (with overlaps="confident", the most
+        # confident instance): the smallest key, ties to the earlier instance.
         region = len(instances) + 1
-        take = mask & (distance < owner_distance)
+        confidence = probs[t, c + 1, seed]
+        key = distance if overlaps == "nearest" else np.full(pixels, -confidence, np.float32)
+        take = mask & (key < owner_key)
         labels[take] = region
-        owner_distance[take] = distance[take]
+        owner_key[take] = key[take]
         instances.append(
             Instance(
                 region=region,
                 seed=(seed % width, seed // width),
                 class_id=c + 1,
                 threshold=tau,
-                confidence=float(probs[t, c + 1, seed]),
+                confidence=float(confidence),
                 area=0,
                 bbox=(0, 0, 0, 0),
             )

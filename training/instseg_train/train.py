@@ -84,13 +84,14 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
           width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
           init: str | None = None, precision: str = "fp32", cache: bool = False,
-          track_seed_threshold: float | None = None) -> InstSegNet:
+          track_seed_threshold: float | None = None, overlaps: str | None = None) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
     targets, which come from masks grown with it, to mean something. ``seed_threshold`` and
     ``alpha`` are written to the ONNX file as the element's recommended ``seed-threshold`` and
-    ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``. The classification
+    ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``, ``overlaps`` as its
+    ``overlaps``. The classification
     loss also sees the ``hard_background`` most seed-like background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
     stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
@@ -165,7 +166,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     # The element's default min-area (4 output pixels) is meant for stride 4: keep its frame area.
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
     export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
-                min_area=min_area, alpha=alpha, track_seed_threshold=track_seed_threshold)
+                min_area=min_area, alpha=alpha, track_seed_threshold=track_seed_threshold, overlaps=overlaps)
     check_export(model, out)
     return model
 
@@ -198,6 +199,9 @@ def main(argv=None) -> None:
     parser.add_argument("--track-seed-threshold", type=float, default=None,
                         help="the element's recommended track-seed-threshold (the seediness a tracked "
                              "object's new seed needs), stored in the ONNX file")
+    parser.add_argument("--overlaps", default=None, choices=("nearest", "confident"),
+                        help="the element's recommended overlaps (which instance a pixel inside several "
+                             "masks belongs to), stored in the ONNX file")
     parser.add_argument("--init", default=None,
                         help="start from these weights (the .pt file a run writes next to its ONNX file)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -216,7 +220,7 @@ def main(argv=None) -> None:
           seed_threshold=args.seed_threshold, hard_background=args.hard_background,
           output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
           alpha=args.alpha, init=args.init, precision=args.precision, cache=args.cache,
-          track_seed_threshold=args.track_seed_threshold)
+          track_seed_threshold=args.track_seed_threshold, overlaps=args.overlaps)
 
 
 if __name__ == "__main__":
