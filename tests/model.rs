@@ -11,7 +11,7 @@ use gstinstseg::model::{
     ActiveProvider, ExecutionProvider, Model, ModelError, ModelOutputs, ModelSource, Resize,
     SessionOptions,
 };
-use gstinstseg::segment::Overlaps;
+use gstinstseg::segment::{Overlaps, WarmSeed};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,6 +61,7 @@ fn colour_model_contract() {
     assert_eq!(contract.min_area, Some(4));
     assert_eq!(contract.track_seed_threshold, None);
     assert_eq!(contract.overlaps, None);
+    assert_eq!(contract.warm_seed, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -69,8 +70,8 @@ fn colour_model_contract() {
     assert!(library.to_string_lossy().contains("libonnxruntime.so"));
 }
 
-/// The shipped default model carries its recommended post-processing, the overlaps extension
-/// included; it leaves the tracks' seed threshold to section 3 (no
+/// The shipped default model carries its recommended post-processing, the overlaps and
+/// warm-seed extensions included; it leaves the tracks' seed threshold to section 3 (no
 /// `instseg.track-seed-threshold`: see the model card).
 #[test]
 fn default_model_recommends_its_post_processing() {
@@ -83,6 +84,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.min_area, Some(64));
     assert_eq!(contract.track_seed_threshold, None);
     assert_eq!(contract.overlaps, Some(Overlaps::Confident));
+    assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));
 }
 
 #[test]
@@ -300,6 +302,12 @@ fn invalid_metadata_is_refused_naming_the_key() {
             "instseg.overlaps is \"confidant\"",
         ),
         (
+            "warm-seed",
+            b"warm-seed\x12\x09seed-like",
+            b"warm-seed\x12\x09seed_like",
+            "instseg.warm-seed is \"seed_like\"",
+        ),
+        (
             "version",
             b"contract\x12\x011",
             b"contract\x12\x012",
@@ -308,7 +316,7 @@ fn invalid_metadata_is_refused_naming_the_key() {
     ];
     for (name, from, to, needle) in cases {
         // The colour fixture leaves out the element's extensions; the default model has them.
-        let model: &[u8] = if name == "overlaps" {
+        let model: &[u8] = if name == "overlaps" || name == "warm-seed" {
             include_bytes!("../models/default.onnx")
         } else {
             include_bytes!("fixtures/colour.onnx")

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use common::synthetic::{Blob, Scene};
-use gstinstseg::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams};
+use gstinstseg::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams, WarmSeed};
 
 const SCENE: Scene = Scene {
     dim: 8,
@@ -404,6 +404,57 @@ fn a_weak_seed_whose_mask_would_spread_is_refused() {
             .all(|(frame, id)| frame == 3 || (*id == hesitant[0] && id.is_some())),
         "{hesitant:?}"
     );
+}
+
+/// A 1x6 grid, D = 1: an object on pixels 0..3 in frame 0; in frame 1 its pixel 0 keeps the
+/// track's embedding but weakens to seediness 0.6, while pixels 1 and 2 reach 0.99 at squared
+/// distance 1 (sigma 0.54, over match-similarity 0.5). Returns the warm seed's column in frame 1.
+fn warm_seed_column(warm_seed: WarmSeed) -> u32 {
+    let params = Params {
+        thresholds: vec![0.5],
+        min_area: 1,
+        tracking: TrackingParams {
+            warm_seed,
+            ..TrackingParams::default()
+        },
+        ..Params::default()
+    };
+    let mut segmenter = Segmenter::new();
+    let frames: [([f32; 6], [f32; 6]); 2] = [
+        (
+            [0.0, 0.0, 0.0, 9.0, 9.0, 9.0],
+            [0.9, 0.9, 0.9, 0.1, 0.1, 0.1],
+        ),
+        (
+            [0.0, 1.0, 1.0, 9.0, 9.0, 9.0],
+            [0.6, 0.99, 0.99, 0.1, 0.1, 0.1],
+        ),
+    ];
+    let mut first_id = None;
+    for (embedding, seediness) in frames {
+        let classes: Vec<f32> = seediness.iter().map(|s| 1.0 - s).chain(seediness).collect();
+        let view = OutputView::new(&embedding, &classes, 1, 1, 2, 1, 6).unwrap();
+        let result = segmenter.segment(&view, &params).unwrap();
+        let [instance] = &result.instances[..] else {
+            panic!("one instance expected: {result:?}");
+        };
+        if let Some(id) = first_id {
+            assert!(instance.warm_started, "{result:?}");
+            assert_eq!(instance.track_id, id, "{result:?}");
+            assert_eq!(result.labels, [1, 1, 1, 0, 0, 0]);
+            return instance.seed.x;
+        }
+        first_id = Some(instance.track_id);
+    }
+    unreachable!("two frames")
+}
+
+#[test]
+fn a_track_takes_the_best_balanced_or_the_most_seed_like_matching_pixel() {
+    // Section 3: ln 0.6 + ln 1 beats ln 0.99 + ln 0.54.
+    assert_eq!(warm_seed_column(WarmSeed::Balanced), 0);
+    // Seed-like: the strongest matching pixel, the first of the two tied ones.
+    assert_eq!(warm_seed_column(WarmSeed::SeedLike), 1);
 }
 
 #[test]

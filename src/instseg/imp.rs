@@ -12,7 +12,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::{ExecutionProvider, Overlaps, Overlay};
+use super::{ExecutionProvider, Overlaps, Overlay, WarmSeed};
 use crate::meta;
 use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
@@ -58,6 +58,8 @@ const DEFAULT_SEARCH_RADIUS: i32 = -1;
 /// Negative: take the model's recommendation (`instseg.track-seed-threshold`), else the
 /// seed threshold.
 const DEFAULT_TRACK_SEED_THRESHOLD: f64 = -1.0;
+/// Auto: take the model's recommendation (`instseg.warm-seed`), else balanced (SPEC section 3).
+const DEFAULT_WARM_SEED: WarmSeed = WarmSeed::Auto;
 const DEFAULT_RESULTS_LOCATION: &str = "";
 const DEFAULT_INFERENCE_INTERVAL: u32 = 1;
 const DEFAULT_OVERLAY: Overlay = Overlay::Auto;
@@ -82,6 +84,7 @@ struct Settings {
     match_similarity: f64,
     search_radius: i32,
     track_seed_threshold: f64,
+    warm_seed: WarmSeed,
     results_location: String,
     post_messages: bool,
     inference_interval: u32,
@@ -108,6 +111,7 @@ impl Default for Settings {
             match_similarity: DEFAULT_MATCH_SIMILARITY,
             search_radius: DEFAULT_SEARCH_RADIUS,
             track_seed_threshold: DEFAULT_TRACK_SEED_THRESHOLD,
+            warm_seed: DEFAULT_WARM_SEED,
             results_location: DEFAULT_RESULTS_LOCATION.into(),
             post_messages: DEFAULT_POST_MESSAGES,
             inference_interval: DEFAULT_INFERENCE_INTERVAL,
@@ -173,6 +177,11 @@ impl Settings {
                 self.track_seed_threshold,
                 contract.track_seed_threshold,
             ),
+            warm_seed: match self.warm_seed {
+                WarmSeed::Auto => contract.warm_seed.unwrap_or_default(),
+                WarmSeed::Balanced => segment::WarmSeed::Balanced,
+                WarmSeed::SeedLike => segment::WarmSeed::SeedLike,
+            },
         };
     }
 
@@ -973,6 +982,11 @@ impl ObjectImpl for InstSeg {
                     .default_value(DEFAULT_TRACK_SEED_THRESHOLD)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("warm-seed", DEFAULT_WARM_SEED)
+                    .nick("Warm seed")
+                    .blurb("Which pixel of its search window a track takes as its seed, among those that reach match-similarity: the best seediness times similarity (balanced, SPEC section 3), the most seed-like (seed-like: the seed the greedy step would take, so tracking keeps its mask), or auto (the model's recommendation, else balanced)")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecString::builder("results-location")
                     .nick("Results location")
                     .blurb("File that gets one JSON line per frame (instances with COCO RLE masks); empty: none")
@@ -1059,6 +1073,7 @@ impl ObjectImpl for InstSeg {
             "track-seed-threshold" => {
                 settings.track_seed_threshold = value.get().expect("type checked upstream")
             }
+            "warm-seed" => settings.warm_seed = value.get().expect("type checked upstream"),
             "results-location" => {
                 settings.results_location = value
                     .get::<Option<String>>()
@@ -1110,6 +1125,7 @@ impl ObjectImpl for InstSeg {
             "match-similarity" => settings.match_similarity.to_value(),
             "search-radius" => settings.search_radius.to_value(),
             "track-seed-threshold" => settings.track_seed_threshold.to_value(),
+            "warm-seed" => settings.warm_seed.to_value(),
             "results-location" => settings.results_location.to_value(),
             "post-messages" => settings.post_messages.to_value(),
             "inference-interval" => settings.inference_interval.to_value(),

@@ -65,6 +65,28 @@ pub enum Overlaps {
     Confident = 2,
 }
 
+/// Which pixel of its search window a track takes as its seed.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstInstSegWarmSeed")]
+pub enum WarmSeed {
+    #[enum_value(
+        name = "Auto: the model's recommendation (instseg.warm-seed), else balanced",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(
+        name = "Balanced: the best seediness times similarity to the track",
+        nick = "balanced"
+    )]
+    Balanced = 1,
+    #[enum_value(
+        name = "Seed-like: the most seed-like pixel that matches the track",
+        nick = "seed-like"
+    )]
+    SeedLike = 2,
+}
+
 glib::wrapper! {
     pub struct InstSeg(ObjectSubclass<imp::InstSeg>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
 }

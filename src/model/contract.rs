@@ -8,7 +8,7 @@ use ort::session::{ModelMetadata, Session};
 use ort::value::{TensorElementType, TensorRef};
 
 use super::{Contract, ModelError, Resize};
-use crate::segment::Overlaps;
+use crate::segment::{Overlaps, WarmSeed};
 
 /// A contract error about `model`, from a format string.
 macro_rules! refused {
@@ -83,6 +83,15 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         |value| match value {
             "nearest" => Some(Overlaps::Nearest),
             "confident" => Some(Overlaps::Confident),
+            _ => None,
+        },
+    )?;
+    let warm_seed = props.get(
+        "instseg.warm-seed",
+        "balanced or seed-like",
+        |value| match value {
+            "balanced" => Some(WarmSeed::Balanced),
+            "seed-like" => Some(WarmSeed::SeedLike),
             _ => None,
         },
     )?;
@@ -189,6 +198,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         seed_threshold,
         track_seed_threshold,
         overlaps,
+        warm_seed,
         min_area,
     })
 }

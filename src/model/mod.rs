@@ -19,7 +19,7 @@ use ort::ep::ExecutionProvider as _;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::segment::Overlaps;
+use crate::segment::{Overlaps, WarmSeed};
 
 /// The execution provider asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -90,6 +90,8 @@ pub struct Contract {
     pub track_seed_threshold: Option<f64>,
     /// `instseg.overlaps`, an extension of the contract: see `segment::Overlaps`.
     pub overlaps: Option<Overlaps>,
+    /// `instseg.warm-seed`, an extension of the contract: see `segment::WarmSeed`.
+    pub warm_seed: Option<WarmSeed>,
 }
 
 /// The execution provider a session actually runs on.

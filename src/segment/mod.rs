@@ -28,7 +28,7 @@ mod track;
 
 use std::fmt;
 
-pub use track::TrackingParams;
+pub use track::{TrackingParams, WarmSeed};
 
 use select::Workspace;
 use track::Tracker;

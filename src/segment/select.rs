@@ -3,7 +3,7 @@
 //! search of section 3.
 
 use super::pass::{PixelState, Seed, fused_pass, ln_upper_bound, load_frame, mask_area, reset};
-use super::track::Tracker;
+use super::track::{Tracker, WarmSeed};
 use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, distance_limit};
 
 /// A track's seed under seed-threshold (see `TrackingParams::seed_threshold`) is refused when
@@ -100,8 +100,9 @@ impl Workspace {
         best
     }
 
-    /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track),
-    /// if its similarity to the track reaches match-similarity. A candidate here is a valid,
+    /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track)
+    /// (or, with `WarmSeed::SeedLike`, the most seed-like one that matches), if its similarity
+    /// to the track reaches match-similarity. A candidate here is a valid,
     /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
     /// seed-threshold, which makes it exactly a section 2 candidate); one under seed-threshold
     /// must also keep its mask within `WEAK_SEED_GROWTH` times the track's last area.
@@ -121,6 +122,8 @@ impl Workspace {
             .tracking
             .seed_threshold
             .unwrap_or(params.seed_threshold);
+        let match_limit = distance_limit(params.tracking.match_similarity);
+        let seed_like = params.tracking.warm_seed == WarmSeed::SeedLike;
         for y in window.y..window.y + window.height {
             for x in window.x..window.x + window.width {
                 let pixel = y as usize * view.width + x as usize;
@@ -132,21 +135,29 @@ impl Workspace {
                     continue;
                 }
                 let distance = self.pixels.pixel_distance(pixel, embedding);
-                // ln sigma(d) <= -d / 2 (softplus lies above its tangent at 0): skip the
-                // logarithms when even that cannot beat the best so far.
-                if ln_upper_bound(seediness) - f64::from(distance) / 2.0 < best_score {
-                    continue;
-                }
-                let score = self.pixels.scoring.ln_seediness(pixel) + ln_similarity(distance);
-                if score > best_score {
+                let score = if seed_like {
+                    if distance > match_limit {
+                        continue;
+                    }
+                    f64::from(seediness)
+                } else {
+                    // ln sigma(d) <= -d / 2 (softplus lies above its tangent at 0): skip the
+                    // logarithms when even that cannot beat the best so far.
+                    if ln_upper_bound(seediness) - f64::from(distance) / 2.0 < best_score {
+                        continue;
+                    }
+                    self.pixels.scoring.ln_seediness(pixel) + ln_similarity(distance)
+                };
+                if score > best_score
+                    || (seed_like && score == best_score && distance < best_distance)
+                {
                     best = Some(pixel);
                     best_score = score;
                     best_distance = distance;
                 }
             }
         }
-        let seed =
-            best.filter(|_| best_distance <= distance_limit(params.tracking.match_similarity))?;
+        let seed = best.filter(|_| best_distance <= match_limit)?;
         let weak = f64::from(self.pixels.scoring.seediness[seed]) < params.seed_threshold;
         if weak
             && self.prospective_mask_area(view, params, seed)

@@ -67,7 +67,8 @@ def metadata(path):
 def test_export_fixed_size(model, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_size=(192, 256), labels=LABELS, alpha=0.3, seed_threshold=0.5, min_area=4,
-                track_seed_threshold=0.3, overlaps="confident", extra_metadata={"instseg.note": "untrained"})
+                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like",
+                extra_metadata={"instseg.note": "untrained"})
     assert path.stat().st_size <= 4 * 1024 * 1024
     assert not list(tmp_path.glob("*.data")) and len(list(tmp_path.iterdir())) == 1  # no external data
     # The class softmax is spelt out (see softmax_over_classes): no slow middle-axis Softmax node.
@@ -85,6 +86,7 @@ def test_export_fixed_size(model, tmp_path):
         "instseg.min-area": "4",
         "instseg.track-seed-threshold": "0.3",
         "instseg.overlaps": "confident",
+        "instseg.warm-seed": "seed-like",
         "instseg.note": "untrained",
     }
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
