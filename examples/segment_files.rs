@@ -4,7 +4,7 @@
 //!
 //! Each directory holds `case.json` (`embedding_shape` [D, h, w], `classes_shape`
 //! [T, C+1, h, w], `thresholds`, `seed_threshold`, `alpha`, `max_instances`, `min_area`,
-//! optionally `overlaps`: `nearest` or `confident`) and
+//! optionally `overlaps`: `nearest` or `confident`, and `max_overlap`) and
 //! the tensors as raw little-endian float32 (`embedding.f32`, `classes.f32`). The result is
 //! written next to them: `result.json` (instances) and `labels.u8` (the label map).
 //!
@@ -83,6 +83,7 @@ fn run_case(dir: &Path, repeat: usize, segmenter: &mut Segmenter) -> Result<(), 
             Some("confident") => Overlaps::Confident,
             Some(other) => return Err(format!("bad overlaps {other:?}").into()),
         },
+        max_overlap: case["max_overlap"].as_f64().unwrap_or(1.0),
         tracking: TrackingParams {
             enabled: false,
             ..TrackingParams::default()

@@ -504,6 +504,7 @@ fn bad_property_values_are_refused_and_leave_the_setting_alone() {
         ("match-similarity", 1.5f64.to_value()),
         ("seed-threshold", 2.0f64.to_value()),
         ("track-seed-threshold", 1.5f64.to_value()),
+        ("max-overlap", 1.5f64.to_value()),
         ("min-area", (-5i32).to_value()),
     ] {
         let before = element.property_value(name);

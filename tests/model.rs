@@ -62,6 +62,7 @@ fn colour_model_contract() {
     assert_eq!(contract.track_seed_threshold, None);
     assert_eq!(contract.overlaps, None);
     assert_eq!(contract.warm_seed, None);
+    assert_eq!(contract.max_overlap, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -70,8 +71,8 @@ fn colour_model_contract() {
     assert!(library.to_string_lossy().contains("libonnxruntime.so"));
 }
 
-/// The shipped default model carries its recommended post-processing, the overlaps and
-/// warm-seed extensions included; it leaves the tracks' seed threshold to section 3 (no
+/// The shipped default model carries its recommended post-processing, the overlaps,
+/// max-overlap and warm-seed extensions included; it leaves the tracks' seed threshold to section 3 (no
 /// `instseg.track-seed-threshold`: see the model card).
 #[test]
 fn default_model_recommends_its_post_processing() {
@@ -85,6 +86,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.track_seed_threshold, None);
     assert_eq!(contract.overlaps, Some(Overlaps::Confident));
     assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));
+    assert_eq!(contract.max_overlap, Some(0.5));
 }
 
 #[test]
@@ -302,6 +304,12 @@ fn invalid_metadata_is_refused_naming_the_key() {
             "instseg.overlaps is \"confidant\"",
         ),
         (
+            "max-overlap",
+            b"max-overlap\x12\x030.5",
+            b"max-overlap\x12\x031.5",
+            "instseg.max-overlap is \"1.5\"",
+        ),
+        (
             "warm-seed",
             b"warm-seed\x12\x09seed-like",
             b"warm-seed\x12\x09seed_like",
@@ -316,7 +324,7 @@ fn invalid_metadata_is_refused_naming_the_key() {
     ];
     for (name, from, to, needle) in cases {
         // The colour fixture leaves out the element's extensions; the default model has them.
-        let model: &[u8] = if name == "overlaps" || name == "warm-seed" {
+        let model: &[u8] = if ["overlaps", "max-overlap", "warm-seed"].contains(&name) {
             include_bytes!("../models/default.onnx")
         } else {
             include_bytes!("fixtures/colour.onnx")

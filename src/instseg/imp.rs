@@ -50,6 +50,10 @@ const DEFAULT_MIN_AREA: i32 = -1;
 const FALLBACK_MIN_AREA: u32 = 4;
 /// Auto: take the model's recommendation (`instseg.overlaps`), else nearest (SPEC section 2).
 const DEFAULT_OVERLAPS: Overlaps = Overlaps::Auto;
+/// Negative: take the model's recommendation (`instseg.max-overlap`), else 1 (keep every
+/// instance, SPEC section 2).
+const DEFAULT_MAX_OVERLAP: f64 = -1.0;
+const FALLBACK_MAX_OVERLAP: f64 = 1.0;
 const DEFAULT_TRACKING: bool = true;
 const DEFAULT_TRACK_MAX_AGE: u32 = 10;
 const DEFAULT_MATCH_SIMILARITY: f64 = 0.5;
@@ -79,6 +83,7 @@ struct Settings {
     max_instances: u32,
     min_area: i32,
     overlaps: Overlaps,
+    max_overlap: f64,
     tracking: bool,
     track_max_age: u32,
     match_similarity: f64,
@@ -106,6 +111,7 @@ impl Default for Settings {
             max_instances: DEFAULT_MAX_INSTANCES,
             min_area: DEFAULT_MIN_AREA,
             overlaps: DEFAULT_OVERLAPS,
+            max_overlap: DEFAULT_MAX_OVERLAP,
             tracking: DEFAULT_TRACKING,
             track_max_age: DEFAULT_TRACK_MAX_AGE,
             match_similarity: DEFAULT_MATCH_SIMILARITY,
@@ -168,6 +174,8 @@ impl Settings {
             Overlaps::Nearest => segment::Overlaps::Nearest,
             Overlaps::Confident => segment::Overlaps::Confident,
         };
+        params.max_overlap = property_or_recommended(self.max_overlap, contract.max_overlap)
+            .unwrap_or(FALLBACK_MAX_OVERLAP);
         params.tracking = TrackingParams {
             enabled: self.tracking,
             max_age: self.track_max_age,
@@ -947,6 +955,14 @@ impl ObjectImpl for InstSeg {
                     .blurb("Which instance a pixel inside several masks belongs to: the one whose seed is nearest in embedding space (SPEC section 2), the most confident one (confident: masks of confident seeds stay whole), or auto (the model's recommendation, else nearest)")
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecDouble::builder("max-overlap")
+                    .nick("Maximum overlap")
+                    .blurb("Drop an instance when more than this share of its mask stays with instances found before it, like a mask under min-area (1 = keep every instance; -1 = the model's recommendation, else 1)")
+                    .minimum(-1.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_MAX_OVERLAP)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("tracking")
                     .nick("Tracking")
                     .blurb("Warm-start each frame from the previous one's seeds so instances keep their id")
@@ -1064,6 +1080,7 @@ impl ObjectImpl for InstSeg {
             "max-instances" => settings.max_instances = value.get().expect("type checked upstream"),
             "min-area" => settings.min_area = value.get().expect("type checked upstream"),
             "overlaps" => settings.overlaps = value.get().expect("type checked upstream"),
+            "max-overlap" => settings.max_overlap = value.get().expect("type checked upstream"),
             "tracking" => settings.tracking = value.get().expect("type checked upstream"),
             "track-max-age" => settings.track_max_age = value.get().expect("type checked upstream"),
             "match-similarity" => {
@@ -1120,6 +1137,7 @@ impl ObjectImpl for InstSeg {
             "max-instances" => settings.max_instances.to_value(),
             "min-area" => settings.min_area.to_value(),
             "overlaps" => settings.overlaps.to_value(),
+            "max-overlap" => settings.max_overlap.to_value(),
             "tracking" => settings.tracking.to_value(),
             "track-max-age" => settings.track_max_age.to_value(),
             "match-similarity" => settings.match_similarity.to_value(),

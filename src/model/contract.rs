@@ -86,6 +86,9 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
             _ => None,
         },
     )?;
+    let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", |value| {
+        number(value).filter(|n| (0.0..=1.0).contains(n))
+    })?;
     let warm_seed = props.get(
         "instseg.warm-seed",
         "balanced or seed-like",
@@ -198,6 +201,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         seed_threshold,
         track_seed_threshold,
         overlaps,
+        max_overlap,
         warm_seed,
         min_area,
     })

@@ -90,6 +90,8 @@ pub struct Contract {
     pub track_seed_threshold: Option<f64>,
     /// `instseg.overlaps`, an extension of the contract: see `segment::Overlaps`.
     pub overlaps: Option<Overlaps>,
+    /// `instseg.max-overlap`, an extension of the contract: see `segment::Params::max_overlap`.
+    pub max_overlap: Option<f64>,
     /// `instseg.warm-seed`, an extension of the contract: see `segment::WarmSeed`.
     pub warm_seed: Option<WarmSeed>,
 }

@@ -118,6 +118,8 @@ pub(super) struct Seed<'a> {
 pub(super) struct PassResult {
     /// |m(p)|: pixels inside the seed's mask (before the exclusive assignment).
     pub area: u32,
+    /// Pixels of the mask whose ownership it took (step 7).
+    pub owned: u32,
     /// The best greedy candidate given every seed so far (None: no candidate can be chosen).
     pub next: Option<usize>,
 }
@@ -173,6 +175,7 @@ with_avx2! {
         let owner_key = &mut owner_key[..pixels];
         undo.clear();
         let mut area = 0;
+        let mut owned = 0;
         let mut best = (f64::NEG_INFINITY, None);
         let mut distances = [0.0f32; BLOCK];
         for (block, channels) in blocked.chunks_exact(dim * BLOCK).enumerate() {
@@ -204,6 +207,7 @@ with_avx2! {
                         Overlaps::Confident => -seed.confidence,
                     };
                     if key < owner_key[pixel] {
+                        owned += 1;
                         undo.push((pixel as u32, labels[pixel], owner_key[pixel]));
                         labels[pixel] = seed.region;
                         owner_key[pixel] = key;
@@ -218,6 +222,7 @@ with_avx2! {
         }
         PassResult {
             area,
+            owned,
             next: best.1,
         }
     }

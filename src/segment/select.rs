@@ -220,7 +220,8 @@ impl Workspace {
         // The seed is inside its own mask (d = 0); never let it be selected twice.
         self.pixels.candidate[seed] = false;
 
-        if pass.area >= params.min_area {
+        let overlap_ok = f64::from(pass.owned) >= (1.0 - params.max_overlap) * f64::from(pass.area);
+        if pass.area >= params.min_area && overlap_ok {
             out.instances.push(Instance {
                 region,
                 track_id: 0,

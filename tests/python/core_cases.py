@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_case(directory: Path, embedding, classes, thresholds, seed_threshold=0.5, alpha=0.3,
-               max_instances=32, min_area=4, overlaps="nearest") -> Path:
+               max_instances=32, min_area=4, overlaps="nearest", max_overlap=1.0) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     np.ascontiguousarray(embedding, "<f4").tofile(directory / "embedding.f32")
     np.ascontiguousarray(classes, "<f4").tofile(directory / "classes.f32")
@@ -29,6 +29,7 @@ def write_case(directory: Path, embedding, classes, thresholds, seed_threshold=0
         "max_instances": int(max_instances),
         "min_area": int(min_area),
         "overlaps": overlaps,
+        "max_overlap": float(max_overlap),
     }
     (directory / "case.json").write_text(json.dumps(case))
     return directory

@@ -29,6 +29,7 @@ def random_params(rng, count_thresholds):
         "max_instances": int(rng.choice([1, 3, 32, 255])),
         "min_area": int(rng.choice([1, 4, 20])),
         "overlaps": str(rng.choice(["nearest", "confident"])),
+        "max_overlap": float(rng.choice([1.0, 0.5, 0.2])),
     }
 
 

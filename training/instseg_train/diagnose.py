@@ -96,7 +96,7 @@ def miss_causes(embedding, thresholds, truth_ids, truth_classes, instances, labe
 
 
 def diagnose(annotations: str, images_dir: str, model: str, images: int | None = None,
-             seed_threshold=None, alpha=None, min_area=None, overlaps=None) -> dict:
+             seed_threshold=None, alpha=None, min_area=None, overlaps=None, max_overlap=None) -> dict:
     """Counts of the causes over the split's still images (the first ``images`` of them)."""
     import onnxruntime as ort
 
@@ -106,7 +106,8 @@ def diagnose(annotations: str, images_dir: str, model: str, images: int | None =
     for name, given, key, kind in (("seed_threshold", seed_threshold, "instseg.seed-threshold", float),
                                    ("alpha", alpha, "instseg.alpha", float),
                                    ("min_area", min_area, "instseg.min-area", int),
-                                   ("overlaps", overlaps, "instseg.overlaps", str)):
+                                   ("overlaps", overlaps, "instseg.overlaps", str),
+                                   ("max_overlap", max_overlap, "instseg.max-overlap", float)):
         if given is not None or key in meta:
             settings[name] = kind(given if given is not None else meta[key])
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
@@ -140,10 +141,12 @@ def main(argv=None) -> None:
     parser.add_argument("--alpha", type=float, default=None)
     parser.add_argument("--min-area", type=int, default=None)
     parser.add_argument("--overlaps", default=None, choices=("nearest", "confident"))
+    parser.add_argument("--max-overlap", type=float, default=None)
     args = parser.parse_args(argv)
     report = diagnose(os.path.join(args.data, "annotations", f"instances_{args.split}.json"),
                       os.path.join(args.data, args.split), args.model, args.images,
-                      args.seed_threshold, args.alpha, args.min_area, args.overlaps)
+                      args.seed_threshold, args.alpha, args.min_area, args.overlaps,
+                      args.max_overlap)
     print(json.dumps(report, indent=1))
 
 

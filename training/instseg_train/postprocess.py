@@ -53,12 +53,15 @@ def postprocess(
     max_instances: int = 32,
     min_area: int = 4,
     overlaps: str = "nearest",
+    max_overlap: float = 1.0,
 ) -> tuple[list[Instance], np.ndarray]:
     """Segments one image from the model outputs.
 
     embedding: [D, h, w]; classes: [T, C+1, h, w] (class 0 is the background).
     overlaps: who owns a pixel inside several kept masks: "nearest" (step 7: the nearest seed)
     or "confident" (the element's extension: the most confident instance, ties to the earlier).
+    max_overlap: an instance is dropped when more than this share of its mask stays with the
+    instances accepted before it (the element's extension; 1 keeps every instance).
     Returns the kept instances in acceptance order and the exclusive label map (uint8, h x w).
     """
     dim, height, width = embedding.shape
@@ -118,6 +121,8 @@ def postprocess(
         confidence = probs[t, c + 1, seed]
         key = distance if overlaps == "nearest" else np.full(pixels, -confidence, np.float32)
         take = mask & (key < owner_key)
+        if float(take.sum()) < (1.0 - max_overlap) * float(mask.sum()):
+            continue
         labels[take] = region
         owner_key[take] = key[take]
         instances.append(

@@ -85,14 +85,14 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
           init: str | None = None, precision: str = "fp32", cache: bool = False,
           track_seed_threshold: float | None = None, overlaps: str | None = None,
-          warm_seed: str | None = None) -> InstSegNet:
+          warm_seed: str | None = None, max_overlap: float | None = None) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
     targets, which come from masks grown with it, to mean something. ``seed_threshold`` and
     ``alpha`` are written to the ONNX file as the element's recommended ``seed-threshold`` and
-    ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``, ``overlaps`` and
-    ``warm_seed`` as its ``overlaps`` and ``warm-seed``. The classification
+    ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``, ``overlaps``,
+    ``max_overlap`` and ``warm_seed`` as its ``overlaps``, ``max-overlap`` and ``warm-seed``. The classification
     loss also sees the ``hard_background`` most seed-like background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
     stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
@@ -168,7 +168,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
     export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
                 min_area=min_area, alpha=alpha, track_seed_threshold=track_seed_threshold, overlaps=overlaps,
-                warm_seed=warm_seed)
+                warm_seed=warm_seed, max_overlap=max_overlap)
     check_export(model, out)
     return model
 
@@ -204,6 +204,9 @@ def main(argv=None) -> None:
     parser.add_argument("--overlaps", default=None, choices=("nearest", "confident"),
                         help="the element's recommended overlaps (which instance a pixel inside several "
                              "masks belongs to), stored in the ONNX file")
+    parser.add_argument("--max-overlap", type=float, default=None,
+                        help="the element's recommended max-overlap (an instance is dropped when more than "
+                             "this share of its mask stays with earlier instances), stored in the ONNX file")
     parser.add_argument("--warm-seed", default=None, choices=("balanced", "seed-like"),
                         help="the element's recommended warm-seed (which pixel of its window a track takes "
                              "as its seed), stored in the ONNX file")
@@ -225,7 +228,8 @@ def main(argv=None) -> None:
           seed_threshold=args.seed_threshold, hard_background=args.hard_background,
           output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
           alpha=args.alpha, init=args.init, precision=args.precision, cache=args.cache,
-          track_seed_threshold=args.track_seed_threshold, overlaps=args.overlaps, warm_seed=args.warm_seed)
+          track_seed_threshold=args.track_seed_threshold, overlaps=args.overlaps, warm_seed=args.warm_seed,
+          max_overlap=args.max_overlap)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def metadata(path):
 def test_export_fixed_size(model, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_size=(192, 256), labels=LABELS, alpha=0.3, seed_threshold=0.5, min_area=4,
-                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like",
+                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like", max_overlap=0.5,
                 extra_metadata={"instseg.note": "untrained"})
     assert path.stat().st_size <= 4 * 1024 * 1024
     assert not list(tmp_path.glob("*.data")) and len(list(tmp_path.iterdir())) == 1  # no external data
@@ -87,6 +87,7 @@ def test_export_fixed_size(model, tmp_path):
         "instseg.track-seed-threshold": "0.3",
         "instseg.overlaps": "confident",
         "instseg.warm-seed": "seed-like",
+        "instseg.max-overlap": "0.5",
         "instseg.note": "untrained",
     }
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
