@@ -71,9 +71,9 @@ fn colour_model_contract() {
     assert!(library.to_string_lossy().contains("libonnxruntime.so"));
 }
 
-/// The shipped default model carries its recommended post-processing, the overlaps,
-/// max-overlap and warm-seed extensions included; it leaves the tracks' seed threshold to section 3 (no
-/// `instseg.track-seed-threshold`: see the model card).
+/// The shipped default model carries its recommended post-processing, the element's
+/// extensions included (track-seed-threshold, overlaps, max-overlap, warm-seed: see the model
+/// card).
 #[test]
 fn default_model_recommends_its_post_processing() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
@@ -83,7 +83,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.alpha, Some(0.0));
     assert_eq!(contract.seed_threshold, Some(0.8));
     assert_eq!(contract.min_area, Some(64));
-    assert_eq!(contract.track_seed_threshold, None);
+    assert_eq!(contract.track_seed_threshold, Some(0.3));
     assert_eq!(contract.overlaps, Some(Overlaps::Confident));
     assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));
     assert_eq!(contract.max_overlap, Some(0.5));
