@@ -18,7 +18,7 @@ pub mod preprocess;
 pub mod results;
 pub mod segment;
 
-pub use instseg::{ExecutionProvider, Overlaps, Overlay, WarmSeed};
+pub use instseg::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmSeed};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     meta::register();

@@ -63,6 +63,7 @@ fn colour_model_contract() {
     assert_eq!(contract.overlaps, None);
     assert_eq!(contract.warm_seed, None);
     assert_eq!(contract.max_overlap, None);
+    assert_eq!(contract.rematch, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -72,8 +73,8 @@ fn colour_model_contract() {
 }
 
 /// The shipped default model carries its recommended post-processing, the element's
-/// extensions included (track-seed-threshold, overlaps, max-overlap, warm-seed: see the model
-/// card).
+/// extensions included (track-seed-threshold, overlaps, max-overlap, warm-seed, rematch: see
+/// the model card).
 #[test]
 fn default_model_recommends_its_post_processing() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
@@ -87,6 +88,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.overlaps, Some(Overlaps::Confident));
     assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));
     assert_eq!(contract.max_overlap, Some(0.5));
+    assert_eq!(contract.rematch, Some(true));
 }
 
 #[test]
@@ -310,6 +312,12 @@ fn invalid_metadata_is_refused_naming_the_key() {
             "instseg.max-overlap is \"1.5\"",
         ),
         (
+            "rematch",
+            b"rematch\x12\x02on",
+            b"rematch\x12\x02ok",
+            "instseg.rematch is \"ok\"",
+        ),
+        (
             "warm-seed",
             b"warm-seed\x12\x09seed-like",
             b"warm-seed\x12\x09seed_like",
@@ -324,7 +332,7 @@ fn invalid_metadata_is_refused_naming_the_key() {
     ];
     for (name, from, to, needle) in cases {
         // The colour fixture leaves out the element's extensions; the default model has them.
-        let model: &[u8] = if ["overlaps", "max-overlap", "warm-seed"].contains(&name) {
+        let model: &[u8] = if ["overlaps", "max-overlap", "warm-seed", "rematch"].contains(&name) {
             include_bytes!("../models/default.onnx")
         } else {
             include_bytes!("fixtures/colour.onnx")

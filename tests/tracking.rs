@@ -457,6 +457,58 @@ fn a_track_takes_the_best_balanced_or_the_most_seed_like_matching_pixel() {
     assert_eq!(warm_seed_column(WarmSeed::SeedLike), 1);
 }
 
+/// Ids of a moving object whose embedding jumps on frame 2 (from the MOVER's to the
+/// LEAVER's, far past match-similarity) and of a newcomer that appears far from it on that
+/// frame, with `rematch` off or on.
+fn run_drifting(rematch: bool) -> (Vec<Option<u64>>, Option<u64>) {
+    let params = Params {
+        thresholds: vec![0.5, 0.75],
+        tracking: TrackingParams {
+            rematch,
+            ..TrackingParams::default()
+        },
+        ..Params::default()
+    };
+    let mut segmenter = Segmenter::new();
+    let mut ids = Vec::new();
+    let mut newcomer_id = None;
+    for frame in 0..4 {
+        let x = 10.0 + 2.0 * frame as f32;
+        let object = Blob {
+            center: (x, 12.0),
+            ..blob(if frame < 2 { MOVER } else { LEAVER }, 0.0, 0.0)
+        };
+        let newcomer = blob(NEWCOMER, 50.0, 36.0);
+        let mut blobs = vec![object.clone()];
+        if frame == 2 {
+            blobs.push(newcomer.clone());
+        }
+        let result = segment(&mut segmenter, &blobs, frame, &params);
+        ids.push(id_at(&result, &object));
+        if frame == 2 {
+            newcomer_id = id_at(&result, &newcomer);
+        }
+    }
+    (ids, newcomer_id)
+}
+
+#[test]
+fn rematch_keeps_the_id_of_an_object_whose_embedding_jumped() {
+    // Section 3 as written: the jump starts a new track.
+    let (ids, _) = run_drifting(false);
+    assert!(ids.iter().all(Option::is_some), "{ids:?}");
+    assert_ne!(ids[1], ids[2], "{ids:?}");
+    assert_eq!(ids[2], ids[3], "{ids:?}");
+    // With rematch the new instance lies within the lost track's reach and takes its id,
+    // while the newcomer, far from any track, still starts its own.
+    let (ids, newcomer) = run_drifting(true);
+    assert!(
+        ids.iter().all(|id| *id == ids[0] && id.is_some()),
+        "{ids:?}"
+    );
+    assert!(newcomer.is_some() && newcomer != ids[0], "{newcomer:?}");
+}
+
 #[test]
 fn the_track_seed_threshold_must_be_finite() {
     let params = Params {

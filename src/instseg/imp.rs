@@ -12,7 +12,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::{ExecutionProvider, Overlaps, Overlay, WarmSeed};
+use super::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmSeed};
 use crate::meta;
 use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
@@ -64,6 +64,8 @@ const DEFAULT_SEARCH_RADIUS: i32 = -1;
 const DEFAULT_TRACK_SEED_THRESHOLD: f64 = -1.0;
 /// Auto: take the model's recommendation (`instseg.warm-seed`), else balanced (SPEC section 3).
 const DEFAULT_WARM_SEED: WarmSeed = WarmSeed::Auto;
+/// Auto: take the model's recommendation (`instseg.rematch`), else off (SPEC section 3).
+const DEFAULT_REMATCH: Rematch = Rematch::Auto;
 const DEFAULT_RESULTS_LOCATION: &str = "";
 const DEFAULT_INFERENCE_INTERVAL: u32 = 1;
 const DEFAULT_OVERLAY: Overlay = Overlay::Auto;
@@ -90,6 +92,7 @@ struct Settings {
     search_radius: i32,
     track_seed_threshold: f64,
     warm_seed: WarmSeed,
+    rematch: Rematch,
     results_location: String,
     post_messages: bool,
     inference_interval: u32,
@@ -118,6 +121,7 @@ impl Default for Settings {
             search_radius: DEFAULT_SEARCH_RADIUS,
             track_seed_threshold: DEFAULT_TRACK_SEED_THRESHOLD,
             warm_seed: DEFAULT_WARM_SEED,
+            rematch: DEFAULT_REMATCH,
             results_location: DEFAULT_RESULTS_LOCATION.into(),
             post_messages: DEFAULT_POST_MESSAGES,
             inference_interval: DEFAULT_INFERENCE_INTERVAL,
@@ -189,6 +193,11 @@ impl Settings {
                 WarmSeed::Auto => contract.warm_seed.unwrap_or_default(),
                 WarmSeed::Balanced => segment::WarmSeed::Balanced,
                 WarmSeed::SeedLike => segment::WarmSeed::SeedLike,
+            },
+            rematch: match self.rematch {
+                Rematch::Auto => contract.rematch.unwrap_or(false),
+                Rematch::Off => false,
+                Rematch::On => true,
             },
         };
     }
@@ -1003,6 +1012,11 @@ impl ObjectImpl for InstSeg {
                     .blurb("Which pixel of its search window a track takes as its seed, among those that reach match-similarity: the best seediness times similarity (balanced, SPEC section 3), the most seed-like (seed-like: the seed the greedy step would take, so tracking keeps its mask), or auto (the model's recommendation, else balanced)")
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("rematch", DEFAULT_REMATCH)
+                    .nick("Rematch")
+                    .blurb("Whether a new instance takes over the id of a track that found no seed in this frame when its seed lies within the track's reach (its box diagonal from its last seed, two more per frame missed): on, off (SPEC section 3: every new instance starts a track), or auto (the model's recommendation, else off)")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecString::builder("results-location")
                     .nick("Results location")
                     .blurb("File that gets one JSON line per frame (instances with COCO RLE masks); empty: none")
@@ -1091,6 +1105,7 @@ impl ObjectImpl for InstSeg {
                 settings.track_seed_threshold = value.get().expect("type checked upstream")
             }
             "warm-seed" => settings.warm_seed = value.get().expect("type checked upstream"),
+            "rematch" => settings.rematch = value.get().expect("type checked upstream"),
             "results-location" => {
                 settings.results_location = value
                     .get::<Option<String>>()
@@ -1144,6 +1159,7 @@ impl ObjectImpl for InstSeg {
             "search-radius" => settings.search_radius.to_value(),
             "track-seed-threshold" => settings.track_seed_threshold.to_value(),
             "warm-seed" => settings.warm_seed.to_value(),
+            "rematch" => settings.rematch.to_value(),
             "results-location" => settings.results_location.to_value(),
             "post-messages" => settings.post_messages.to_value(),
             "inference-interval" => settings.inference_interval.to_value(),

@@ -87,6 +87,25 @@ pub enum WarmSeed {
     SeedLike = 2,
 }
 
+/// Whether a new instance may take over the id of a nearby track that lost its object.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstInstSegRematch")]
+pub enum Rematch {
+    #[enum_value(
+        name = "Auto: the model's recommendation (instseg.rematch), else off",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "Off: every new instance starts a new track", nick = "off")]
+    Off = 1,
+    #[enum_value(
+        name = "On: a new instance within a lost track's reach takes its id",
+        nick = "on"
+    )]
+    On = 2,
+}
+
 glib::wrapper! {
     pub struct InstSeg(ObjectSubclass<imp::InstSeg>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
 }

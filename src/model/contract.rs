@@ -89,6 +89,11 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
     let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", |value| {
         number(value).filter(|n| (0.0..=1.0).contains(n))
     })?;
+    let rematch = props.get("instseg.rematch", "on or off", |value| match value {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    })?;
     let warm_seed = props.get(
         "instseg.warm-seed",
         "balanced or seed-like",
@@ -203,6 +208,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         overlaps,
         max_overlap,
         warm_seed,
+        rematch,
         min_area,
     })
 }

@@ -94,6 +94,9 @@ pub struct Contract {
     pub max_overlap: Option<f64>,
     /// `instseg.warm-seed`, an extension of the contract: see `segment::WarmSeed`.
     pub warm_seed: Option<WarmSeed>,
+    /// `instseg.rematch` ("on" or "off"), an extension of the contract: see
+    /// `segment::TrackingParams::rematch`.
+    pub rematch: Option<bool>,
 }
 
 /// The execution provider a session actually runs on.

@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Per-track state between frames and identity assignment (SPEC section 3).
 
-use super::{GridPoint, GridRect, OutputView, SegmentError, Segmentation};
+use super::{GridPoint, GridRect, Instance, OutputView, SegmentError, Segmentation};
+
+/// How much farther a lost track reaches per frame it has missed, in its box diagonals (see
+/// `TrackingParams::rematch`): on the default model's validation clips 0.5 / 1 / 2 gave 2.56 /
+/// 2.39 / 2.26 switches per 100 instance-frames.
+const REMATCH_GROWTH: f64 = 2.0;
 
 /// Warm-start and identity parameters (SPEC section 3).
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +29,15 @@ pub struct TrackingParams {
     pub seed_threshold: Option<f64>,
     /// Which pixel of its window a track takes as its seed.
     pub warm_seed: WarmSeed,
+    /// A new instance (one the greedy step found) takes over the id of a track that found no
+    /// seed in this frame when its seed lies within the track's reach: the track's last box
+    /// diagonal (at least 4) from its last seed, `REMATCH_GROWTH` diagonals more per frame it
+    /// has missed. Among several such tracks, the one whose stored embedding is nearest the
+    /// instance's mean embedding. An extension of section 3, where every greedy seed starts a
+    /// new track: an object whose embedding drifted past match-similarity (often after frames
+    /// where it was missed) keeps its id (default model, validation clips: 2.26 switches per
+    /// 100 instance-frames against 3.38).
+    pub rematch: bool,
 }
 
 /// Which pixel of its search window a track takes as its seed; either way the seed must reach
@@ -51,6 +65,7 @@ impl Default for TrackingParams {
             search_radius: None,
             seed_threshold: None,
             warm_seed: WarmSeed::default(),
+            rematch: false,
         }
     }
 }
@@ -195,9 +210,16 @@ impl Tracker {
             track.age += 1;
         }
         let dim = self.dim;
+        let previous_tracks = self.tracks.len();
         for (index, (instance, &track)) in out.instances.iter_mut().zip(instance_tracks).enumerate()
         {
-            let track = match track {
+            let lost = || {
+                params
+                    .rematch
+                    .then(|| self.lost_track_within_reach(instance, index, previous_tracks))
+                    .flatten()
+            };
+            let track = match track.or_else(lost) {
                 Some(track) => {
                     self.matched[track] = true;
                     track
@@ -251,6 +273,47 @@ impl Tracker {
         }
         self.tracks.truncate(kept);
         self.embeddings.truncate(kept * dim);
+    }
+
+    /// For `TrackingParams::rematch`: among the first `count` tracks, those not matched in this
+    /// frame whose reach holds the instance's seed, the one whose stored embedding is nearest
+    /// the mean embedding of kept instance `index`.
+    fn lost_track_within_reach(
+        &self,
+        instance: &Instance,
+        index: usize,
+        count: usize,
+    ) -> Option<usize> {
+        let dim = self.dim;
+        let area = f64::from(instance.area.max(1));
+        let sums = &self.sums[index * dim..][..dim];
+        let mut best = None;
+        let mut best_distance = f64::INFINITY;
+        for (track, state) in self.tracks[..count].iter().enumerate() {
+            if self.matched[track] {
+                continue;
+            }
+            let diagonal = f64::from(state.bbox.width)
+                .hypot(f64::from(state.bbox.height))
+                .max(4.0);
+            let reach = diagonal * (1.0 + REMATCH_GROWTH * f64::from(state.misses));
+            let dx = f64::from(instance.seed.x) - f64::from(state.seed.x);
+            let dy = f64::from(instance.seed.y) - f64::from(state.seed.y);
+            if dx.hypot(dy) > reach {
+                continue;
+            }
+            let distance: f64 = self
+                .embedding(track)
+                .iter()
+                .zip(sums)
+                .map(|(&stored, &sum)| (f64::from(stored) - sum / area).powi(2))
+                .sum();
+            if distance < best_distance {
+                best = Some(track);
+                best_distance = distance;
+            }
+        }
+        best
     }
 
     /// Sums each kept instance's embedding over its exclusive mask (one pass over the tensor).

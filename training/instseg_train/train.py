@@ -85,14 +85,16 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
           init: str | None = None, precision: str = "fp32", cache: bool = False,
           track_seed_threshold: float | None = None, overlaps: str | None = None,
-          warm_seed: str | None = None, max_overlap: float | None = None) -> InstSegNet:
+          warm_seed: str | None = None, max_overlap: float | None = None,
+          rematch: str | None = None) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
     targets, which come from masks grown with it, to mean something. ``seed_threshold`` and
     ``alpha`` are written to the ONNX file as the element's recommended ``seed-threshold`` and
     ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``, ``overlaps``,
-    ``max_overlap`` and ``warm_seed`` as its ``overlaps``, ``max-overlap`` and ``warm-seed``. The classification
+    ``max_overlap``, ``warm_seed`` and ``rematch`` as its ``overlaps``, ``max-overlap``,
+    ``warm-seed`` and ``rematch``. The classification
     loss also sees the ``hard_background`` most seed-like background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
     stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
@@ -168,7 +170,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
     export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
                 min_area=min_area, alpha=alpha, track_seed_threshold=track_seed_threshold, overlaps=overlaps,
-                warm_seed=warm_seed, max_overlap=max_overlap)
+                warm_seed=warm_seed, max_overlap=max_overlap, rematch=rematch)
     check_export(model, out)
     return model
 
@@ -210,6 +212,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warm-seed", default=None, choices=("balanced", "seed-like"),
                         help="the element's recommended warm-seed (which pixel of its window a track takes "
                              "as its seed), stored in the ONNX file")
+    parser.add_argument("--rematch", default=None, choices=("on", "off"),
+                        help="the element's recommended rematch (whether a new instance near a track that "
+                             "lost its object takes its id), stored in the ONNX file")
     parser.add_argument("--init", default=None,
                         help="start from these weights (the .pt file a run writes next to its ONNX file)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -229,7 +234,7 @@ def main(argv=None) -> None:
           output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
           alpha=args.alpha, init=args.init, precision=args.precision, cache=args.cache,
           track_seed_threshold=args.track_seed_threshold, overlaps=args.overlaps, warm_seed=args.warm_seed,
-          max_overlap=args.max_overlap)
+          max_overlap=args.max_overlap, rematch=args.rematch)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from instseg_train.export import check_export, export_onnx
+from instseg_train.export import check_export, contract_metadata, export_onnx
 from instseg_train.model import InstSegNet, count_flops, parameter_bytes
 from instseg_train.postprocess import postprocess
 
@@ -64,10 +64,17 @@ def metadata(path):
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
+@pytest.mark.parametrize("option", [{"overlaps": "nearer"}, {"warm_seed": "seedlike"}, {"rematch": "yes"},
+                                    {"max_overlap": 1.5}])
+def test_recommendations_outside_their_values_are_refused(model, option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        contract_metadata(model, (256, 256), **option)
+
+
 def test_export_fixed_size(model, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_size=(192, 256), labels=LABELS, alpha=0.3, seed_threshold=0.5, min_area=4,
-                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like", max_overlap=0.5,
+                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like", max_overlap=0.5, rematch="on",
                 extra_metadata={"instseg.note": "untrained"})
     assert path.stat().st_size <= 4 * 1024 * 1024
     assert not list(tmp_path.glob("*.data")) and len(list(tmp_path.iterdir())) == 1  # no external data
@@ -88,6 +95,7 @@ def test_export_fixed_size(model, tmp_path):
         "instseg.overlaps": "confident",
         "instseg.warm-seed": "seed-like",
         "instseg.max-overlap": "0.5",
+        "instseg.rematch": "on",
         "instseg.note": "untrained",
     }
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
