@@ -1009,7 +1009,7 @@ impl ObjectImpl for InstSeg {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("warm-seed", DEFAULT_WARM_SEED)
                     .nick("Warm seed")
-                    .blurb("Which pixel of its search window a track takes as its seed, among those that reach match-similarity: the best seediness times similarity (balanced, SPEC section 3), the most seed-like (seed-like: the seed the greedy step would take, so tracking keeps its mask), or auto (the model's recommendation, else balanced)")
+                    .blurb("Which pixel of its search window a track takes as its seed, among those that reach match-similarity: the best seediness times similarity (balanced, SPEC section 3), mostly the most seed-like (seed-like: best seediness times similarity^0.1, close to the seed the greedy step would take, so tracking keeps its mask), or auto (the model's recommendation, else balanced)")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("rematch", DEFAULT_REMATCH)

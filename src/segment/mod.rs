@@ -131,12 +131,12 @@ pub struct Params {
     pub min_area: u32,
     /// Which kept instance a pixel inside several masks belongs to (step 7).
     pub overlaps: Overlaps,
-    /// An instance is dropped when more than this share of its mask stays with instances
-    /// accepted before it (step 7), like a kept mask under min-area; in [0, 1]. 1 keeps every instance
-    /// (section 2 as written). An extension: with `Overlaps::Confident`, an instance mostly
-    /// inside more confident masks is a duplicate or a fragment of what they found (default
-    /// model, validation split, NumPy reference: 0.5 gives mask AP 0.653 against 0.649 and 7.4
-    /// masks per image against 8.6).
+    /// An instance is dropped, as one whose mask is under min-area, when more than this share
+    /// of its mask stays with instances accepted before it (step 7); in [0, 1], and 1 keeps
+    /// every instance (section 2 as written). An extension: with `Overlaps::Confident`, an
+    /// instance mostly inside more confident masks is a duplicate or a fragment of what they
+    /// found (default model, validation split, NumPy reference: 0.5 gives mask AP 0.653
+    /// against 0.649 and 7.4 masks per image against 8.6).
     pub max_overlap: f64,
     /// Warm start and identities.
     pub tracking: TrackingParams,

@@ -35,7 +35,7 @@ pub(super) struct PixelState {
     /// A seed whose key is smaller takes the pixel.
     pub owner_key: Vec<f32>,
     /// Ownership taken by the current seed: (pixel, previous label, previous owner key),
-    /// replayed when its instance turns out smaller than min-area.
+    /// replayed when its instance is not kept (min-area, max-overlap).
     pub undo: Vec<(u32, u8, f32)>,
 }
 
@@ -106,7 +106,7 @@ pub(super) struct Seed<'a> {
     pub embedding: &'a [f32],
     /// Largest f32 distance inside the mask: d <= limit  <=>  sigma >= tau_p.
     pub limit: f32,
-    /// Label-map value the pixels of its mask take if they are nearest to it.
+    /// Label-map value the pixels of its mask take when it claims them.
     pub region: u8,
     /// How it claims the pixels of its mask that another instance owns.
     pub overlaps: Overlaps,

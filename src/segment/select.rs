@@ -108,8 +108,8 @@ impl Workspace {
     }
 
     /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track)
-    /// (or, with `WarmSeed::SeedLike`, the most seed-like one that matches), if its similarity
-    /// to the track reaches match-similarity. A candidate here is a valid,
+    /// (or, with `WarmSeed::SeedLike`, the matching one maximising ln S_p + 0.1 ln sigma), if
+    /// its similarity to the track reaches match-similarity. A candidate here is a valid,
     /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
     /// seed-threshold, which makes it exactly a section 2 candidate); one under seed-threshold
     /// must also keep its mask within `WEAK_SEED_GROWTH` times the track's last area.
@@ -226,8 +226,9 @@ impl Workspace {
         // The seed is inside its own mask (d = 0); never let it be selected twice.
         self.pixels.candidate[seed] = false;
 
-        let overlap_ok = f64::from(pass.owned) >= (1.0 - params.max_overlap) * f64::from(pass.area);
-        if pass.area >= params.min_area && overlap_ok {
+        let owns_enough =
+            f64::from(pass.owned) >= (1.0 - params.max_overlap) * f64::from(pass.area);
+        if pass.area >= params.min_area && owns_enough {
             out.instances.push(Instance {
                 region,
                 track_id: 0,
@@ -246,9 +247,9 @@ impl Workspace {
             self.instance_tracks.push(track);
         } else {
             out.stats.rejected_seeds += 1;
-            for &(pixel, label, distance) in &self.pixels.undo {
+            for &(pixel, label, key) in &self.pixels.undo {
                 out.labels[pixel as usize] = label;
-                self.pixels.owner_key[pixel as usize] = distance;
+                self.pixels.owner_key[pixel as usize] = key;
             }
         }
         pass.next

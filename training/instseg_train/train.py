@@ -175,6 +175,19 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     return model
 
 
+# The element settings that `train` writes into the ONNX file as recommendations (instseg.* keys):
+# (option, its type or its choices, what it sets).
+RECOMMENDED_SETTINGS = (
+    ("seed-threshold", float, "the seediness a seed needs"),
+    ("alpha", float, "greedy seed spread"),
+    ("track-seed-threshold", float, "the seediness a tracked object's new seed needs"),
+    ("overlaps", ("nearest", "confident"), "which instance a pixel inside several masks belongs to"),
+    ("max-overlap", float, "an instance is dropped when more than this share of its mask stays with earlier ones"),
+    ("warm-seed", ("balanced", "seed-like"), "which pixel of its window a track takes as its seed"),
+    ("rematch", ("on", "off"), "whether a new instance near a track that lost its object takes its id"),
+)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="COCO dataset directory (train split used)")
@@ -196,25 +209,10 @@ def main(argv=None) -> None:
     parser.add_argument("--k", type=int, default=10, help="pixels sampled per segment in the losses")
     parser.add_argument("--device", default="auto", help='torch device: "cpu", "cuda" or "auto"')
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--seed-threshold", type=float, default=None,
-                        help="the element's recommended seed-threshold, stored in the ONNX file")
-    parser.add_argument("--alpha", type=float, default=None,
-                        help="the element's recommended alpha (greedy seed spread), stored in the ONNX file")
-    parser.add_argument("--track-seed-threshold", type=float, default=None,
-                        help="the element's recommended track-seed-threshold (the seediness a tracked "
-                             "object's new seed needs), stored in the ONNX file")
-    parser.add_argument("--overlaps", default=None, choices=("nearest", "confident"),
-                        help="the element's recommended overlaps (which instance a pixel inside several "
-                             "masks belongs to), stored in the ONNX file")
-    parser.add_argument("--max-overlap", type=float, default=None,
-                        help="the element's recommended max-overlap (an instance is dropped when more than "
-                             "this share of its mask stays with earlier instances), stored in the ONNX file")
-    parser.add_argument("--warm-seed", default=None, choices=("balanced", "seed-like"),
-                        help="the element's recommended warm-seed (which pixel of its window a track takes "
-                             "as its seed), stored in the ONNX file")
-    parser.add_argument("--rematch", default=None, choices=("on", "off"),
-                        help="the element's recommended rematch (whether a new instance near a track that "
-                             "lost its object takes its id), stored in the ONNX file")
+    for name, kind, meaning in RECOMMENDED_SETTINGS:
+        values = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        parser.add_argument(f"--{name}", default=None, **values,
+                            help=f"the element's recommended {name} ({meaning}), stored in the ONNX file")
     parser.add_argument("--init", default=None,
                         help="start from these weights (the .pt file a run writes next to its ONNX file)")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -228,13 +226,13 @@ def main(argv=None) -> None:
     if args.generate or args.generate_clips:
         generate_dataset(args.data, seed=args.seed, train=args.generate, val=0, test=0, clips=0,
                          size=tuple(args.size), workers=os.cpu_count() or 1, train_clips=args.generate_clips)
+    recommended = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
+                   for name, _, _ in RECOMMENDED_SETTINGS}
     train(args.data, args.out, steps=args.steps, batch=args.batch, lr=args.lr, size=args.size,
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
-          seed_threshold=args.seed_threshold, hard_background=args.hard_background,
-          output_stride=args.output_stride, width=args.width, k=args.k, device=args.device, pairs=args.pairs,
-          alpha=args.alpha, init=args.init, precision=args.precision, cache=args.cache,
-          track_seed_threshold=args.track_seed_threshold, overlaps=args.overlaps, warm_seed=args.warm_seed,
-          max_overlap=args.max_overlap, rematch=args.rematch)
+          hard_background=args.hard_background, output_stride=args.output_stride, width=args.width, k=args.k,
+          device=args.device, pairs=args.pairs, init=args.init, precision=args.precision, cache=args.cache,
+          **recommended)
 
 
 if __name__ == "__main__":
