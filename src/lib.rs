@@ -18,7 +18,7 @@ pub mod preprocess;
 pub mod results;
 pub mod segment;
 
-pub use instseg::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmSeed};
+pub use instseg::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmOrder, WarmSeed};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     meta::register();

@@ -11,7 +11,7 @@ use gstinstseg::model::{
     ActiveProvider, ExecutionProvider, Model, ModelError, ModelOutputs, ModelSource, Resize,
     SessionOptions,
 };
-use gstinstseg::segment::{Overlaps, WarmSeed};
+use gstinstseg::segment::{Overlaps, WarmOrder, WarmSeed};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +64,7 @@ fn colour_model_contract() {
     assert_eq!(contract.warm_seed, None);
     assert_eq!(contract.max_overlap, None);
     assert_eq!(contract.rematch, None);
+    assert_eq!(contract.warm_order, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -73,8 +74,8 @@ fn colour_model_contract() {
 }
 
 /// The shipped default model carries its recommended post-processing, the element's
-/// extensions included (track-seed-threshold, overlaps, max-overlap, warm-seed, rematch: see
-/// the model card).
+/// extensions included (track-seed-threshold, overlaps, max-overlap, warm-seed, warm-order,
+/// rematch: see the model card).
 #[test]
 fn default_model_recommends_its_post_processing() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
@@ -89,6 +90,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));
     assert_eq!(contract.max_overlap, Some(0.5));
     assert_eq!(contract.rematch, Some(true));
+    assert_eq!(contract.warm_order, Some(WarmOrder::Match));
 }
 
 #[test]
@@ -318,6 +320,12 @@ fn invalid_metadata_is_refused_naming_the_key() {
             "instseg.rematch is \"ok\"",
         ),
         (
+            "warm-order",
+            b"warm-order\x12\x05match",
+            b"warm-order\x12\x05mitch",
+            "instseg.warm-order is \"mitch\"",
+        ),
+        (
             "warm-seed",
             b"warm-seed\x12\x09seed-like",
             b"warm-seed\x12\x09seed_like",
@@ -332,7 +340,15 @@ fn invalid_metadata_is_refused_naming_the_key() {
     ];
     for (name, from, to, needle) in cases {
         // The colour fixture leaves out the element's extensions; the default model has them.
-        let model: &[u8] = if ["overlaps", "max-overlap", "warm-seed", "rematch"].contains(&name) {
+        let model: &[u8] = if [
+            "overlaps",
+            "max-overlap",
+            "warm-seed",
+            "warm-order",
+            "rematch",
+        ]
+        .contains(&name)
+        {
             include_bytes!("../models/default.onnx")
         } else {
             include_bytes!("fixtures/colour.onnx")

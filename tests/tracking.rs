@@ -6,7 +6,9 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use common::synthetic::{Blob, Scene};
-use gstinstseg::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams, WarmSeed};
+use gstinstseg::segment::{
+    OutputView, Params, Segmentation, Segmenter, TrackingParams, WarmOrder, WarmSeed,
+};
 
 const SCENE: Scene = Scene {
     dim: 8,
@@ -455,6 +457,62 @@ fn a_track_takes_the_best_balanced_or_the_most_seed_like_matching_pixel() {
     assert_eq!(warm_seed_column(WarmSeed::Balanced), 0);
     // Seed-like: the strongest matching pixel, the first of the two tied ones.
     assert_eq!(warm_seed_column(WarmSeed::SeedLike), 1);
+}
+
+/// A 1x8 grid, D = 1: object A on pixels 0 and 1 (embedding 0, seediness 0.95) and object B
+/// on pixels 4 and 5 (1.2, 0.9) in frame 0. In frame 1 A is at -0.3 and weaker (0.85) while B
+/// drifts to 0.9 and strengthens (0.99): B's pixels now also reach match-similarity with A's
+/// track (d = 0.81), and seed-like prefers them. Returns the ids on A and on B in frame 1, and
+/// their tracks' ids from frame 0.
+fn crossing_ids(warm_order: WarmOrder) -> ([u64; 2], [u64; 2]) {
+    let params = Params {
+        thresholds: vec![0.5],
+        min_area: 1,
+        tracking: TrackingParams {
+            warm_seed: WarmSeed::SeedLike,
+            warm_order,
+            ..TrackingParams::default()
+        },
+        ..Params::default()
+    };
+    let far = 10.0;
+    let frames: [([f32; 8], [f32; 8]); 2] = [
+        (
+            [0.0, 0.0, far, far, 1.2, 1.2, far, far],
+            [0.95, 0.95, 0.05, 0.05, 0.9, 0.9, 0.05, 0.05],
+        ),
+        (
+            [-0.3, -0.3, far, far, 0.9, 0.9, far, far],
+            [0.85, 0.85, 0.05, 0.05, 0.99, 0.99, 0.05, 0.05],
+        ),
+    ];
+    let mut segmenter = Segmenter::new();
+    let mut ids = Vec::new();
+    for (embedding, seediness) in frames {
+        let classes: Vec<f32> = seediness.iter().map(|s| 1.0 - s).chain(seediness).collect();
+        let view = OutputView::new(&embedding, &classes, 1, 1, 2, 1, 8).unwrap();
+        let result = segmenter.segment(&view, &params).unwrap();
+        let id_at = |pixel: usize| {
+            let region = result.labels[pixel];
+            let instance = result.instances.iter().find(|i| i.region == region);
+            instance
+                .map(|i| i.track_id)
+                .unwrap_or_else(|| panic!("{result:?}"))
+        };
+        ids.push([id_at(0), id_at(4)]);
+    }
+    (ids[1], ids[0])
+}
+
+#[test]
+fn tracks_that_match_closest_take_their_seeds_first() {
+    // By confidence, A's track takes B (the more seed-like match) and A gets a new id.
+    let (now, before) = crossing_ids(WarmOrder::Confidence);
+    assert_eq!(now[1], before[0], "{now:?} {before:?}");
+    assert!(!before.contains(&now[0]), "{now:?} {before:?}");
+    // By match, B's track (d = 0.09) goes first and each object keeps its id.
+    let (now, before) = crossing_ids(WarmOrder::Match);
+    assert_eq!(now, before);
 }
 
 /// Ids of a moving object whose embedding jumps on frame 2 (from the MOVER's to the

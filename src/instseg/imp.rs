@@ -12,7 +12,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmSeed};
+use super::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmOrder, WarmSeed};
 use crate::meta;
 use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
@@ -66,6 +66,9 @@ const DEFAULT_TRACK_SEED_THRESHOLD: f64 = -1.0;
 const DEFAULT_WARM_SEED: WarmSeed = WarmSeed::Auto;
 /// Auto: take the model's recommendation (`instseg.rematch`), else off (SPEC section 3).
 const DEFAULT_REMATCH: Rematch = Rematch::Auto;
+/// Auto: take the model's recommendation (`instseg.warm-order`), else confidence (SPEC
+/// section 3).
+const DEFAULT_WARM_ORDER: WarmOrder = WarmOrder::Auto;
 const DEFAULT_RESULTS_LOCATION: &str = "";
 const DEFAULT_INFERENCE_INTERVAL: u32 = 1;
 const DEFAULT_OVERLAY: Overlay = Overlay::Auto;
@@ -93,6 +96,7 @@ struct Settings {
     track_seed_threshold: f64,
     warm_seed: WarmSeed,
     rematch: Rematch,
+    warm_order: WarmOrder,
     results_location: String,
     post_messages: bool,
     inference_interval: u32,
@@ -122,6 +126,7 @@ impl Default for Settings {
             track_seed_threshold: DEFAULT_TRACK_SEED_THRESHOLD,
             warm_seed: DEFAULT_WARM_SEED,
             rematch: DEFAULT_REMATCH,
+            warm_order: DEFAULT_WARM_ORDER,
             results_location: DEFAULT_RESULTS_LOCATION.into(),
             post_messages: DEFAULT_POST_MESSAGES,
             inference_interval: DEFAULT_INFERENCE_INTERVAL,
@@ -193,6 +198,11 @@ impl Settings {
                 WarmSeed::Auto => contract.warm_seed.unwrap_or_default(),
                 WarmSeed::Balanced => segment::WarmSeed::Balanced,
                 WarmSeed::SeedLike => segment::WarmSeed::SeedLike,
+            },
+            warm_order: match self.warm_order {
+                WarmOrder::Auto => contract.warm_order.unwrap_or_default(),
+                WarmOrder::Confidence => segment::WarmOrder::Confidence,
+                WarmOrder::Match => segment::WarmOrder::Match,
             },
             rematch: match self.rematch {
                 Rematch::Auto => contract.rematch.unwrap_or(false),
@@ -1012,6 +1022,11 @@ impl ObjectImpl for InstSeg {
                     .blurb("Which pixel of its search window a track takes as its seed, among those that reach match-similarity: the best seediness times similarity (balanced, SPEC section 3), mostly the most seed-like (seed-like: best seediness times similarity^0.1, close to the seed the greedy step would take, so tracking keeps its mask), or auto (the model's recommendation, else balanced)")
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("warm-order", DEFAULT_WARM_ORDER)
+                    .nick("Warm order")
+                    .blurb("In which order the tracks take their seeds, each seed's mask covering its pixels for the tracks after it: by last confidence (confidence, SPEC section 3), the track whose best seed matches it most closely first (match: crossing objects keep their ids), or auto (the model's recommendation, else confidence)")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("rematch", DEFAULT_REMATCH)
                     .nick("Rematch")
                     .blurb("Whether a new instance takes over the id of a track that found no seed in this frame when its seed lies within the track's reach (its box diagonal from its last seed, two more per frame missed): on, off (SPEC section 3: every new instance starts a track), or auto (the model's recommendation, else off)")
@@ -1106,6 +1121,7 @@ impl ObjectImpl for InstSeg {
             }
             "warm-seed" => settings.warm_seed = value.get().expect("type checked upstream"),
             "rematch" => settings.rematch = value.get().expect("type checked upstream"),
+            "warm-order" => settings.warm_order = value.get().expect("type checked upstream"),
             "results-location" => {
                 settings.results_location = value
                     .get::<Option<String>>()
@@ -1160,6 +1176,7 @@ impl ObjectImpl for InstSeg {
             "track-seed-threshold" => settings.track_seed_threshold.to_value(),
             "warm-seed" => settings.warm_seed.to_value(),
             "rematch" => settings.rematch.to_value(),
+            "warm-order" => settings.warm_order.to_value(),
             "results-location" => settings.results_location.to_value(),
             "post-messages" => settings.post_messages.to_value(),
             "inference-interval" => settings.inference_interval.to_value(),

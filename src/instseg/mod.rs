@@ -87,6 +87,28 @@ pub enum WarmSeed {
     SeedLike = 2,
 }
 
+/// In which order the tracks take their seeds.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstInstSegWarmOrder")]
+pub enum WarmOrder {
+    #[enum_value(
+        name = "Auto: the model's recommendation (instseg.warm-order), else confidence",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(
+        name = "Confidence: by the track's last confidence",
+        nick = "confidence"
+    )]
+    Confidence = 1,
+    #[enum_value(
+        name = "Match: the track whose best seed matches it most closely first",
+        nick = "match"
+    )]
+    Match = 2,
+}
+
 /// Whether a new instance may take over the id of a nearby track that lost its object.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]

@@ -8,7 +8,7 @@ use ort::session::{ModelMetadata, Session};
 use ort::value::{TensorElementType, TensorRef};
 
 use super::{Contract, ModelError, Resize};
-use crate::segment::{Overlaps, WarmSeed};
+use crate::segment::{Overlaps, WarmOrder, WarmSeed};
 
 /// A contract error about `model`, from a format string.
 macro_rules! refused {
@@ -89,6 +89,15 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
     let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", |value| {
         number(value).filter(|n| (0.0..=1.0).contains(n))
     })?;
+    let warm_order = props.get(
+        "instseg.warm-order",
+        "confidence or match",
+        |value| match value {
+            "confidence" => Some(WarmOrder::Confidence),
+            "match" => Some(WarmOrder::Match),
+            _ => None,
+        },
+    )?;
     let rematch = props.get("instseg.rematch", "on or off", |value| match value {
         "on" => Some(true),
         "off" => Some(false),
@@ -209,6 +218,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         max_overlap,
         warm_seed,
         rematch,
+        warm_order,
         min_area,
     })
 }

@@ -19,7 +19,7 @@ use ort::ep::ExecutionProvider as _;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::segment::{Overlaps, WarmSeed};
+use crate::segment::{Overlaps, WarmOrder, WarmSeed};
 
 /// The execution provider asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -97,6 +97,8 @@ pub struct Contract {
     /// `instseg.rematch` ("on" or "off"), an extension of the contract: see
     /// `segment::TrackingParams::rematch`.
     pub rematch: Option<bool>,
+    /// `instseg.warm-order`, an extension of the contract: see `segment::WarmOrder`.
+    pub warm_order: Option<WarmOrder>,
 }
 
 /// The execution provider a session actually runs on.

@@ -28,7 +28,7 @@ mod track;
 
 use std::fmt;
 
-pub use track::{TrackingParams, WarmSeed};
+pub use track::{TrackingParams, WarmOrder, WarmSeed};
 
 use select::Workspace;
 use track::Tracker;

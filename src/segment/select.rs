@@ -3,7 +3,7 @@
 //! search of section 3.
 
 use super::pass::{PixelState, Seed, fused_pass, ln_upper_bound, load_frame, mask_area, reset};
-use super::track::{Tracker, WarmSeed};
+use super::track::{Tracker, WarmOrder, WarmSeed};
 use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, distance_limit};
 
 /// A track's seed under seed-threshold (see `TrackingParams::seed_threshold`) is refused when
@@ -28,6 +28,8 @@ pub(super) struct Workspace {
     seed_embedding: Vec<f32>,
     /// Tracks in warm-start order.
     track_order: Vec<usize>,
+    /// (squared distance of its best warm seed to the track, track) for `WarmOrder::Match`.
+    match_order: Vec<(f32, usize)>,
     /// For each kept instance, the index of the track whose warm start found it.
     pub(super) instance_tracks: Vec<Option<usize>>,
 }
@@ -49,6 +51,9 @@ impl Workspace {
 
         if let Some(tracker) = tracker {
             tracker.order_by_confidence(&mut self.track_order);
+            if params.tracking.warm_order == WarmOrder::Match {
+                self.order_by_match(view, params, tracker);
+            }
             for order in 0..self.track_order.len() {
                 if out.instances.len() == max_instances {
                     break;
@@ -120,6 +125,26 @@ impl Workspace {
         tracker: &Tracker,
         track: usize,
     ) -> Option<usize> {
+        let (seed, _) = self.warm_candidate(view, params, tracker, track)?;
+        let weak = f64::from(self.pixels.scoring.seediness[seed]) < params.seed_threshold;
+        if weak
+            && self.prospective_mask_area(view, params, seed)
+                > WEAK_SEED_GROWTH.saturating_mul(tracker.area(track).max(1))
+        {
+            return None;
+        }
+        Some(seed)
+    }
+
+    /// The window search of [`Self::warm_seed`] without the guard on weak seeds: the seed and
+    /// its squared distance to the track.
+    fn warm_candidate(
+        &mut self,
+        view: &OutputView,
+        params: &Params,
+        tracker: &Tracker,
+        track: usize,
+    ) -> Option<(usize, f32)> {
         let window = tracker.search_window(track, &params.tracking, view.width, view.height)?;
         let embedding = tracker.embedding(track);
         let mut best = None;
@@ -163,15 +188,28 @@ impl Workspace {
                 }
             }
         }
-        let seed = best.filter(|_| best_distance <= match_limit)?;
-        let weak = f64::from(self.pixels.scoring.seediness[seed]) < params.seed_threshold;
-        if weak
-            && self.prospective_mask_area(view, params, seed)
-                > WEAK_SEED_GROWTH.saturating_mul(tracker.area(track).max(1))
-        {
-            return None;
+        best.filter(|_| best_distance <= match_limit)
+            .map(|seed| (seed, best_distance))
+    }
+
+    /// Re-sorts the tracks by how closely the best warm seed each could take now matches it,
+    /// closest first, tracks without one last; ties keep the order of confidence. (The guard
+    /// on weak seeds, a pass over the grid each, waits for the track's turn.)
+    fn order_by_match(&mut self, view: &OutputView, params: &Params, tracker: &Tracker) {
+        let mut keyed = std::mem::take(&mut self.match_order);
+        keyed.clear();
+        for order in 0..self.track_order.len() {
+            let track = self.track_order[order];
+            let distance = self
+                .warm_candidate(view, params, tracker, track)
+                .map_or(f32::INFINITY, |(_, distance)| distance);
+            keyed.push((distance, track));
         }
-        Some(seed)
+        keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+        self.track_order.clear();
+        self.track_order
+            .extend(keyed.iter().map(|&(_, track)| track));
+        self.match_order = keyed;
     }
 
     /// |m(p)| of a seed without selecting it (a seed that passes is then measured again by its

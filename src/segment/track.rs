@@ -29,6 +29,8 @@ pub struct TrackingParams {
     pub seed_threshold: Option<f64>,
     /// Which pixel of its window a track takes as its seed.
     pub warm_seed: WarmSeed,
+    /// In which order the tracks take their seeds.
+    pub warm_order: WarmOrder,
     /// A new instance (one the greedy step found) takes over the id of a track that found no
     /// seed in this frame when its seed lies within the track's reach: the track's last box
     /// diagonal (at least 4) from its last seed, `REMATCH_GROWTH` diagonals more per frame it
@@ -38,6 +40,21 @@ pub struct TrackingParams {
     /// where it was missed) keeps its id (default model, validation clips: 2.26 switches per
     /// 100 instance-frames against 3.38).
     pub rematch: bool,
+}
+
+/// In which order the tracks take their warm seeds (each seed's mask then covers its pixels for
+/// the tracks after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WarmOrder {
+    /// By the track's last confidence: SPEC section 3 as written.
+    #[default]
+    Confidence,
+    /// By how closely the best seed each track could take matches it, closest first (an
+    /// extension of section 3). When objects cross, a confident track could otherwise take its
+    /// neighbour, which still matches it loosely, before the neighbour's own track, which
+    /// matches it closely (default model, validation clips: 1.57 identity switches per 100
+    /// instance-frames against 1.94; test clips: 6 switches of 767 against 10).
+    Match,
 }
 
 /// Which pixel of its search window a track takes as its seed; either way the seed must reach
@@ -65,6 +82,7 @@ impl Default for TrackingParams {
             search_radius: None,
             seed_threshold: None,
             warm_seed: WarmSeed::default(),
+            warm_order: WarmOrder::default(),
             rematch: false,
         }
     }

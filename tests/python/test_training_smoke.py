@@ -17,9 +17,10 @@ torch = pytest.importorskip("torch")
     ([], 4, {}),
     (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1",
       "--alpha", "0", "--track-seed-threshold", "0.3", "--overlaps", "confident", "--warm-seed", "seed-like",
-      "--max-overlap", "0.5", "--rematch", "on"], 2,
+      "--max-overlap", "0.5", "--rematch", "on",
+      "--warm-order", "match"], 2,
      {"min-area": "16", "alpha": "0", "track-seed-threshold": "0.3", "overlaps": "confident",
-      "warm-seed": "seed-like", "max-overlap": "0.5", "rematch": "on"}),
+      "warm-seed": "seed-like", "max-overlap": "0.5", "rematch": "on", "warm-order": "match"}),
 ])
 def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, recommended):
     import onnx
@@ -34,7 +35,7 @@ def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, recommend
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
     assert outputs["embedding"] == [1, 8, 64 // stride, 64 // stride]
     metadata = {p.key: p.value for p in proto.metadata_props}
-    for key in ("min-area", "alpha", "track-seed-threshold", "overlaps", "warm-seed", "max-overlap", "rematch"):
+    for key in ("min-area", "alpha", "track-seed-threshold", "overlaps", "warm-seed", "max-overlap", "rematch", "warm-order"):
         assert metadata.get(f"instseg.{key}") == recommended.get(key), key
     done = subprocess.run([str(example_binary("run_pipeline")), "--provider", "cpu", "--model",
                            str(model), "--frames", "5", "--size", "160x120"],

@@ -19,18 +19,20 @@ def _floats(values) -> str:
 def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=None,
                       seed_threshold=None, min_area=None, extra_metadata=None,
                       track_seed_threshold=None, overlaps=None, warm_seed=None,
-                      max_overlap=None, rematch=None) -> dict[str, str]:
+                      max_overlap=None, rematch=None, warm_order=None) -> dict[str, str]:
     """The instseg.* metadata_props of SPEC.md section 1 (input_size is (height, width)), plus
     the element's extensions when given: ``instseg.track-seed-threshold`` (the seediness a
     tracked object's new seed needs), ``instseg.overlaps`` ("nearest" or "confident": which
     instance a pixel inside several masks belongs to), ``instseg.max-overlap`` (the share of a
     mask that may stay with earlier instances before its instance is dropped) and
     ``instseg.warm-seed`` ("balanced" or "seed-like": which pixel of its window a track takes as
-    its seed) and ``instseg.rematch`` ("on" or "off": whether a new instance near a track that
-    lost its object takes its id)."""
+    its seed), ``instseg.warm-order`` ("confidence" or "match": in which order the tracks take
+    their seeds) and ``instseg.rematch`` ("on" or "off": whether a new instance near a track
+    that lost its object takes its id)."""
     for name, value, allowed in (("overlaps", overlaps, ("nearest", "confident")),
                                  ("warm_seed", warm_seed, ("balanced", "seed-like")),
-                                 ("rematch", rematch, ("on", "off"))):
+                                 ("rematch", rematch, ("on", "off")),
+                                 ("warm_order", warm_order, ("confidence", "match"))):
         if value not in (None, *allowed):
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     if max_overlap is not None and not 0.0 <= max_overlap <= 1.0:
@@ -53,7 +55,8 @@ def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=Non
     }
     recommended = (("alpha", alpha), ("seed-threshold", seed_threshold), ("min-area", min_area),
                    ("track-seed-threshold", track_seed_threshold), ("overlaps", overlaps),
-                   ("max-overlap", max_overlap), ("warm-seed", warm_seed), ("rematch", rematch))
+                   ("max-overlap", max_overlap), ("warm-seed", warm_seed), ("rematch", rematch),
+                   ("warm-order", warm_order))
     for key, value in recommended:
         if value is not None:
             meta[f"instseg.{key}"] = f"{value:g}" if isinstance(value, float) else str(value)
@@ -64,13 +67,13 @@ def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=Non
 def export_onnx(model, path, input_size=(256, 256), labels=None, thresholds=None, extra_metadata=None,
                 dynamic: bool = False, alpha=None, seed_threshold=None, min_area=None,
                 track_seed_threshold=None, overlaps=None, warm_seed=None, max_overlap=None,
-                rematch=None) -> dict[str, str]:
+                rematch=None, warm_order=None) -> dict[str, str]:
     """Writes `model` (in eval mode, batch norms folded) to `path`: opset 17, input `image`
     [1, 3, H, W] (H, W fixed to input_size = (height, width), or dynamic), outputs `embedding`
     and `classes`, instseg.* metadata_props, one self-contained file of at most 4 MB.
     Returns the metadata written."""
     meta = contract_metadata(model, input_size, labels, thresholds, alpha, seed_threshold, min_area, extra_metadata,
-                             track_seed_threshold, overlaps, warm_seed, max_overlap, rematch)
+                             track_seed_threshold, overlaps, warm_seed, max_overlap, rematch, warm_order)
     was_training = model.training
     model.eval()
     kwargs = {}

@@ -86,15 +86,15 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           init: str | None = None, precision: str = "fp32", cache: bool = False,
           track_seed_threshold: float | None = None, overlaps: str | None = None,
           warm_seed: str | None = None, max_overlap: float | None = None,
-          rematch: str | None = None) -> InstSegNet:
+          rematch: str | None = None, warm_order: str | None = None) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
     targets, which come from masks grown with it, to mean something. ``seed_threshold`` and
     ``alpha`` are written to the ONNX file as the element's recommended ``seed-threshold`` and
     ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``, ``overlaps``,
-    ``max_overlap``, ``warm_seed`` and ``rematch`` as its ``overlaps``, ``max-overlap``,
-    ``warm-seed`` and ``rematch``. The classification
+    ``max_overlap``, ``warm_seed``, ``warm_order`` and ``rematch`` as its ``overlaps``,
+    ``max-overlap``, ``warm-seed``, ``warm-order`` and ``rematch``. The classification
     loss also sees the ``hard_background`` most seed-like background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
     stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
@@ -170,7 +170,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
     export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
                 min_area=min_area, alpha=alpha, track_seed_threshold=track_seed_threshold, overlaps=overlaps,
-                warm_seed=warm_seed, max_overlap=max_overlap, rematch=rematch)
+                warm_seed=warm_seed, max_overlap=max_overlap, rematch=rematch,
+                warm_order=warm_order)
     check_export(model, out)
     return model
 
@@ -185,6 +186,7 @@ RECOMMENDED_SETTINGS = (
     ("max-overlap", float, "an instance is dropped when more than this share of its mask stays with earlier ones"),
     ("warm-seed", ("balanced", "seed-like"), "which pixel of its window a track takes as its seed"),
     ("rematch", ("on", "off"), "whether a new instance near a track that lost its object takes its id"),
+    ("warm-order", ("confidence", "match"), "in which order the tracks take their seeds"),
 )
 
 

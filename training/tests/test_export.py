@@ -64,7 +64,7 @@ def metadata(path):
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
-@pytest.mark.parametrize("option", [{"overlaps": "nearer"}, {"warm_seed": "seedlike"}, {"rematch": "yes"},
+@pytest.mark.parametrize("option", [{"overlaps": "nearer"}, {"warm_seed": "seedlike"}, {"rematch": "yes"}, {"warm_order": "matched"},
                                     {"max_overlap": 1.5}])
 def test_recommendations_outside_their_values_are_refused(model, option):
     with pytest.raises(ValueError, match=next(iter(option))):
@@ -74,7 +74,7 @@ def test_recommendations_outside_their_values_are_refused(model, option):
 def test_export_fixed_size(model, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_size=(192, 256), labels=LABELS, alpha=0.3, seed_threshold=0.5, min_area=4,
-                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like", max_overlap=0.5, rematch="on",
+                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like", max_overlap=0.5, rematch="on", warm_order="match",
                 extra_metadata={"instseg.note": "untrained"})
     assert path.stat().st_size <= 4 * 1024 * 1024
     assert not list(tmp_path.glob("*.data")) and len(list(tmp_path.iterdir())) == 1  # no external data
@@ -96,6 +96,7 @@ def test_export_fixed_size(model, tmp_path):
         "instseg.warm-seed": "seed-like",
         "instseg.max-overlap": "0.5",
         "instseg.rematch": "on",
+        "instseg.warm-order": "match",
         "instseg.note": "untrained",
     }
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
