@@ -338,9 +338,12 @@ struct FrameResult {
 }
 
 impl FrameResult {
-    /// What the overlay draws for each instance.
+    /// What the overlay draws for each instance, least confident first, so that the boxes and
+    /// labels of the most confident instances end up on top of any they overlap.
     fn overlay_instances(&self) -> Vec<OverlayInstance<'_>> {
-        self.records.iter().map(OwnedRecord::overlay).collect()
+        let mut records: Vec<&OwnedRecord> = self.records.iter().collect();
+        records.sort_by(|a, b| a.score.total_cmp(&b.score));
+        records.into_iter().map(OwnedRecord::overlay).collect()
     }
 
     /// Crops the label map to the picture and maps every instance to frame pixels.
