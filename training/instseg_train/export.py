@@ -16,27 +16,46 @@ def _floats(values) -> str:
     return ",".join(f"{float(v):g}" for v in values)
 
 
-def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=None,
-                      seed_threshold=None, min_area=None, extra_metadata=None,
-                      track_seed_threshold=None, overlaps=None, warm_seed=None,
-                      max_overlap=None, rematch=None, warm_order=None) -> dict[str, str]:
+# The element settings an ONNX file can recommend beside min-area, as instseg.* keys: (key, its type
+# or its choices, what it sets). Python keyword arguments spell the keys with underscores.
+RECOMMENDED_SETTINGS = (
+    ("seed-threshold", float, "the seediness a seed needs"),
+    ("alpha", float, "greedy seed spread"),
+    ("track-seed-threshold", float, "the seediness a tracked object's new seed needs"),
+    ("overlaps", ("nearest", "confident"), "which instance a pixel inside several masks belongs to"),
+    ("max-overlap", float, "an instance is dropped when more than this share of its mask stays with earlier ones"),
+    ("warm-seed", ("balanced", "seed-like"), "which pixel of its window a track takes as its seed"),
+    ("warm-order", ("confidence", "match"), "in which order the tracks take their seeds"),
+    ("rematch", ("on", "off"), "whether a new instance near a track that lost its object takes its id"),
+)
+
+
+def recommended_metadata(**recommended) -> dict[str, str]:
+    """The instseg.* keys of the settings of ``RECOMMENDED_SETTINGS`` given as keyword arguments
+    (``seed_threshold``, ``overlaps``...; None leaves a key out), checked against their choices."""
+    keys = {key.replace("-", "_"): (key, kind) for key, kind, _ in RECOMMENDED_SETTINGS}
+    unknown = sorted(set(recommended) - set(keys))
+    if unknown:
+        raise TypeError(f"unknown recommended settings: {unknown}")
+    meta = {}
+    for name, value in recommended.items():
+        key, kind = keys[name]
+        if value is None:
+            continue
+        if isinstance(kind, tuple) and value not in kind:
+            raise ValueError(f"{name} must be one of {kind}, got {value!r}")
+        if name == "max_overlap" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"max_overlap must be in [0, 1], got {value!r}")
+        meta[f"instseg.{key}"] = f"{value:g}" if isinstance(value, float) else str(value)
+    return meta
+
+
+def contract_metadata(model, input_size, labels=None, thresholds=None, min_area=None, extra_metadata=None,
+                      **recommended) -> dict[str, str]:
     """The instseg.* metadata_props of SPEC.md section 1 (input_size is (height, width)), plus
-    the element's extensions when given: ``instseg.track-seed-threshold`` (the seediness a
-    tracked object's new seed needs), ``instseg.overlaps`` ("nearest" or "confident": which
-    instance a pixel inside several masks belongs to), ``instseg.max-overlap`` (the share of a
-    mask that may stay with earlier instances before its instance is dropped) and
-    ``instseg.warm-seed`` ("balanced" or "seed-like": which pixel of its window a track takes as
-    its seed), ``instseg.warm-order`` ("confidence" or "match": in which order the tracks take
-    their seeds) and ``instseg.rematch`` ("on" or "off": whether a new instance near a track
-    that lost its object takes its id)."""
-    for name, value, allowed in (("overlaps", overlaps, ("nearest", "confident")),
-                                 ("warm_seed", warm_seed, ("balanced", "seed-like")),
-                                 ("rematch", rematch, ("on", "off")),
-                                 ("warm_order", warm_order, ("confidence", "match"))):
-        if value not in (None, *allowed):
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    if max_overlap is not None and not 0.0 <= max_overlap <= 1.0:
-        raise ValueError(f"max_overlap must be in [0, 1], got {max_overlap!r}")
+    the recommended element settings (see `recommended_metadata`), those beyond section 1 being
+    the element's extensions."""
+    extensions = recommended_metadata(**recommended)
     thresholds = tuple(thresholds if thresholds is not None else model.thresholds)
     labels = list(labels if labels is not None else [f"class{i}" for i in range(1, model.num_classes + 1)])
     if len(thresholds) != len(model.thresholds) or list(thresholds) != sorted(thresholds):
@@ -53,27 +72,20 @@ def contract_metadata(model, input_size, labels=None, thresholds=None, alpha=Non
         "instseg.input-size": f"{width}x{height}",
         "instseg.resize": "letterbox",
     }
-    recommended = (("alpha", alpha), ("seed-threshold", seed_threshold), ("min-area", min_area),
-                   ("track-seed-threshold", track_seed_threshold), ("overlaps", overlaps),
-                   ("max-overlap", max_overlap), ("warm-seed", warm_seed), ("rematch", rematch),
-                   ("warm-order", warm_order))
-    for key, value in recommended:
-        if value is not None:
-            meta[f"instseg.{key}"] = f"{value:g}" if isinstance(value, float) else str(value)
+    if min_area is not None:
+        meta["instseg.min-area"] = str(min_area)
+    meta.update(extensions)
     meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
     return meta
 
 
 def export_onnx(model, path, input_size=(256, 256), labels=None, thresholds=None, extra_metadata=None,
-                dynamic: bool = False, alpha=None, seed_threshold=None, min_area=None,
-                track_seed_threshold=None, overlaps=None, warm_seed=None, max_overlap=None,
-                rematch=None, warm_order=None) -> dict[str, str]:
+                dynamic: bool = False, min_area=None, **recommended) -> dict[str, str]:
     """Writes `model` (in eval mode, batch norms folded) to `path`: opset 17, input `image`
     [1, 3, H, W] (H, W fixed to input_size = (height, width), or dynamic), outputs `embedding`
-    and `classes`, instseg.* metadata_props, one self-contained file of at most 4 MB.
-    Returns the metadata written."""
-    meta = contract_metadata(model, input_size, labels, thresholds, alpha, seed_threshold, min_area, extra_metadata,
-                             track_seed_threshold, overlaps, warm_seed, max_overlap, rematch, warm_order)
+    and `classes`, instseg.* metadata_props (see `contract_metadata`), one self-contained file of
+    at most 4 MB. Returns the metadata written."""
+    meta = contract_metadata(model, input_size, labels, thresholds, min_area, extra_metadata, **recommended)
     was_training = model.training
     model.eval()
     kwargs = {}

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .coco import ClipPairs, CocoInstances, generate_dataset
-from .export import check_export, export_onnx
+from .export import RECOMMENDED_SETTINGS, check_export, export_onnx, recommended_metadata
 from .losses import downsample_ids, total_loss
 from .model import InstSegNet
 
@@ -81,20 +81,15 @@ def load_matching(model: InstSegNet, weights: dict) -> None:
 def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e-3,
           size=(256, 256), embedding_dim: int = 8, seed: int = 0, ramp_steps: int | None = None,
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
-          seed_threshold: float | None = None, hard_background: int = 10, output_stride: int = 4,
-          width: int = 16, device: str = "auto", pairs: int = 0, alpha: float | None = None,
-          init: str | None = None, precision: str = "fp32", cache: bool = False,
-          track_seed_threshold: float | None = None, overlaps: str | None = None,
-          warm_seed: str | None = None, max_overlap: float | None = None,
-          rematch: str | None = None, warm_order: str | None = None) -> InstSegNet:
+          hard_background: int = 10, output_stride: int = 4, width: int = 16, device: str = "auto",
+          pairs: int = 0, init: str | None = None, precision: str = "fp32", cache: bool = False,
+          **recommended) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
-    targets, which come from masks grown with it, to mean something. ``seed_threshold`` and
-    ``alpha`` are written to the ONNX file as the element's recommended ``seed-threshold`` and
-    ``alpha``, ``track_seed_threshold`` as its ``track-seed-threshold``, ``overlaps``,
-    ``max_overlap``, ``warm_seed``, ``warm_order`` and ``rematch`` as its ``overlaps``,
-    ``max-overlap``, ``warm-seed``, ``warm-order`` and ``rematch``. The classification
+    targets, which come from masks grown with it, to mean something. ``recommended`` settings
+    (``seed_threshold``, ``overlaps``... see ``export.RECOMMENDED_SETTINGS``) are written to the
+    ONNX file as the element's recommended post-processing. The classification
     loss also sees the ``hard_background`` most seed-like background pixels of each image.
     ``device`` is a torch device ("cpu", "cuda", "auto" = cuda when available); pixel sampling
     stays on seeded CPU generators, but GPU kernels are not bit-reproducible. ``pairs`` of the
@@ -110,6 +105,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     live as long as the run."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is neither fp32 nor bf16")
+    recommended_metadata(**recommended)  # a bad setting fails now, not after the training
     bf16 = precision == "bf16"
     layout = torch.channels_last if bf16 else torch.contiguous_format
     if device == "auto":
@@ -168,26 +164,10 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     model.to("cpu", memory_format=torch.contiguous_format).eval()
     # The element's default min-area (4 output pixels) is meant for stride 4: keep its frame area.
     min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
-    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, seed_threshold=seed_threshold,
-                min_area=min_area, alpha=alpha, track_seed_threshold=track_seed_threshold, overlaps=overlaps,
-                warm_seed=warm_seed, max_overlap=max_overlap, rematch=rematch,
-                warm_order=warm_order)
+    export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, min_area=min_area,
+                **recommended)
     check_export(model, out)
     return model
-
-
-# The element settings that `train` writes into the ONNX file as recommendations (instseg.* keys):
-# (option, its type or its choices, what it sets).
-RECOMMENDED_SETTINGS = (
-    ("seed-threshold", float, "the seediness a seed needs"),
-    ("alpha", float, "greedy seed spread"),
-    ("track-seed-threshold", float, "the seediness a tracked object's new seed needs"),
-    ("overlaps", ("nearest", "confident"), "which instance a pixel inside several masks belongs to"),
-    ("max-overlap", float, "an instance is dropped when more than this share of its mask stays with earlier ones"),
-    ("warm-seed", ("balanced", "seed-like"), "which pixel of its window a track takes as its seed"),
-    ("rematch", ("on", "off"), "whether a new instance near a track that lost its object takes its id"),
-    ("warm-order", ("confidence", "match"), "in which order the tracks take their seeds"),
-)
 
 
 def main(argv=None) -> None:
