@@ -138,8 +138,6 @@ def classification_targets(
     seed_ids = sample.ids[sample.segment]  # [M]
     target = torch.zeros(len(thresholds), seed_ids.shape[0], dtype=torch.long, device=seed_ids.device)
     rows = torch.nonzero(seed_ids != 0).squeeze(1)  # the instances' sampled pixels
-    if rows.numel() == 0:
-        return target
     e = embedding.detach().reshape(embedding.shape[0], -1).float().t()  # [P, D]
     seeds = e[sample.index[rows]]  # [R, D]
     d = (e * e).sum(1)[None, :] + (seeds * seeds).sum(1)[:, None] - 2.0 * seeds @ e.t()  # [R, P]

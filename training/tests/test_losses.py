@@ -236,3 +236,10 @@ def test_classification_target_mask_includes_pixels_exactly_at_the_distance_limi
     at_limit = 2 / (1 + math.exp(0.25))
     target = classification_targets(embedding, ids, [0, 3], (at_limit, at_limit + 1e-6), sample)
     assert target[:, 0].tolist() == [3, 0]
+
+
+def test_classification_targets_of_an_image_without_instances_are_background():
+    ids = torch.zeros(4, 4, dtype=torch.long)
+    sample = sample_pixels(ids, k=3, generator=gen())
+    target = classification_targets(torch.randn(2, 4, 4), ids, [0], (0.25, 0.9), sample)
+    assert target.shape == (2, 3) and not target.any()
