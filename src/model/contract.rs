@@ -64,53 +64,41 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         let positive = |n: &str| n.trim().parse::<u32>().ok().filter(|&n| n > 0);
         Some((positive(width)?, positive(height)?))
     })?;
-    let resize = props.get(
+    let resize = props.choice(
         "instseg.resize",
-        "letterbox or stretch",
-        |value| match value {
-            "letterbox" => Some(Resize::Letterbox),
-            "stretch" => Some(Resize::Stretch),
-            _ => None,
-        },
+        &[
+            ("letterbox", Resize::Letterbox),
+            ("stretch", Resize::Stretch),
+        ],
     )?;
     let number = |value: &str| value.parse::<f64>().ok().filter(|n| n.is_finite());
     let alpha = props.get("instseg.alpha", "a number", number)?;
     let seed_threshold = props.get("instseg.seed-threshold", "a number", number)?;
     let track_seed_threshold = props.get("instseg.track-seed-threshold", "a number", number)?;
-    let overlaps = props.get(
+    let overlaps = props.choice(
         "instseg.overlaps",
-        "nearest or confident",
-        |value| match value {
-            "nearest" => Some(Overlaps::Nearest),
-            "confident" => Some(Overlaps::Confident),
-            _ => None,
-        },
+        &[
+            ("nearest", Overlaps::Nearest),
+            ("confident", Overlaps::Confident),
+        ],
     )?;
     let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", |value| {
         number(value).filter(|n| (0.0..=1.0).contains(n))
     })?;
-    let warm_order = props.get(
+    let warm_order = props.choice(
         "instseg.warm-order",
-        "confidence or match",
-        |value| match value {
-            "confidence" => Some(WarmOrder::Confidence),
-            "match" => Some(WarmOrder::Match),
-            _ => None,
-        },
+        &[
+            ("confidence", WarmOrder::Confidence),
+            ("match", WarmOrder::Match),
+        ],
     )?;
-    let rematch = props.get("instseg.rematch", "on or off", |value| match value {
-        "on" => Some(true),
-        "off" => Some(false),
-        _ => None,
-    })?;
-    let warm_seed = props.get(
+    let rematch = props.choice("instseg.rematch", &[("on", true), ("off", false)])?;
+    let warm_seed = props.choice(
         "instseg.warm-seed",
-        "balanced or seed-like",
-        |value| match value {
-            "balanced" => Some(WarmSeed::Balanced),
-            "seed-like" => Some(WarmSeed::SeedLike),
-            _ => None,
-        },
+        &[
+            ("balanced", WarmSeed::Balanced),
+            ("seed-like", WarmSeed::SeedLike),
+        ],
     )?;
     let min_area = props.get("instseg.min-area", "a non-negative integer", |v| {
         v.parse().ok()
@@ -246,6 +234,17 @@ impl Props<'_> {
                 "metadata {key} is \"{value}\", expected {expected}; fix it in the model's \
                  metadata_props (or remove it to use the default)"
             )
+        })
+    }
+
+    /// Reads `key` as one of the names of `choices`.
+    fn choice<T: Copy>(&self, key: &str, choices: &[(&str, T)]) -> Result<Option<T>, ModelError> {
+        let names: Vec<_> = choices.iter().map(|&(name, _)| name).collect();
+        self.get(key, &names.join(" or "), |value| {
+            choices
+                .iter()
+                .find(|&&(name, _)| name == value)
+                .map(|&(_, choice)| choice)
         })
     }
 }

@@ -265,10 +265,9 @@ impl Tracker {
             state.misses = 0;
             instance.track_id = state.id;
             instance.age = state.age;
-            let area = f64::from(instance.area.max(1));
-            let sums = &self.sums[index * dim..][..dim];
-            for (stored, &sum) in self.embeddings[track * dim..][..dim].iter_mut().zip(sums) {
-                *stored = (sum / area) as f32;
+            let mean = mean_embedding(&self.sums, dim, index, instance.area);
+            for (stored, value) in self.embeddings[track * dim..][..dim].iter_mut().zip(mean) {
+                *stored = value as f32;
             }
         }
 
@@ -302,9 +301,6 @@ impl Tracker {
         index: usize,
         count: usize,
     ) -> Option<usize> {
-        let dim = self.dim;
-        let area = f64::from(instance.area.max(1));
-        let sums = &self.sums[index * dim..][..dim];
         let mut best = None;
         let mut best_distance = f64::INFINITY;
         for (track, state) in self.tracks[..count].iter().enumerate() {
@@ -323,8 +319,8 @@ impl Tracker {
             let distance: f64 = self
                 .embedding(track)
                 .iter()
-                .zip(sums)
-                .map(|(&stored, &sum)| (f64::from(stored) - sum / area).powi(2))
+                .zip(mean_embedding(&self.sums, self.dim, index, instance.area))
+                .map(|(&stored, mean)| (f64::from(stored) - mean).powi(2))
                 .sum();
             if distance < best_distance {
                 best = Some(track);
@@ -366,4 +362,13 @@ impl Tracker {
         self.last_id += 1;
         self.last_id
     }
+}
+
+/// The mean embedding of kept instance `index` over its exclusive mask of `area` pixels, from
+/// the per-instance `sums` (`Tracker::sums`, `dim` values each).
+fn mean_embedding(sums: &[f64], dim: usize, index: usize, area: u32) -> impl Iterator<Item = f64> {
+    let area = f64::from(area.max(1));
+    sums[index * dim..][..dim]
+        .iter()
+        .map(move |&sum| sum / area)
 }
