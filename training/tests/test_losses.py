@@ -68,6 +68,19 @@ def test_pair_weights_are_uniform_and_sum_to_one():
     assert torch.equal(ids.reshape(-1)[sample.index], sample.ids[sample.segment])
 
 
+def test_sample_pixels_of_sparse_ids_come_from_their_segment_without_repeats():
+    # ids need not be consecutive (a crop or a flip can lose instances); segments of at least K
+    # pixels are sampled without replacement.
+    ids = torch.zeros(6, 8, dtype=torch.long)
+    ids[1:4, 1:5] = 4
+    ids[4:, 5:] = 9
+    sample = sample_pixels(ids, k=5, generator=gen())
+    assert sample.ids.tolist() == [0, 4, 9] and sample.sizes.tolist() == [30, 12, 6]
+    assert sample.segment.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert torch.equal(ids.reshape(-1)[sample.index], sample.ids[sample.segment])
+    assert len(set(sample.index.tolist())) == 15
+
+
 def test_numerically_stable_at_zero_and_huge_distances():
     d = torch.tensor([0.0, 1e4, 0.0, 1e4])
     same = torch.tensor([False, False, True, True])
