@@ -69,8 +69,8 @@ def test_pair_weights_are_uniform_and_sum_to_one():
 
 
 def test_sample_pixels_of_sparse_ids_come_from_their_segment_without_repeats():
-    # ids need not be consecutive (a crop or a flip can lose instances); segments of at least K
-    # pixels are sampled without replacement.
+    # ids need not be consecutive (nearest downsampling to the loss grid can drop a small
+    # instance); segments of at least K pixels are sampled without replacement.
     ids = torch.zeros(6, 8, dtype=torch.long)
     ids[1:4, 1:5] = 4
     ids[4:, 5:] = 9
