@@ -2,7 +2,8 @@
 # Reproduces models/default.onnx, the plugin's embedded default model (see models/README.md):
 # renders the procedural shapes dataset and training clips (seed 0), trains the network (seed 0), copies the ONNX
 # file to models/, and scores it through the real plugin on the held-out test split and clips.
-# Rendering and training take about 80 minutes on a 2-core AMD Zen 4 CPU or a 2-core Intel Xeon with AMX
+# Rendering and training take about 84 minutes on a 2-core Intel Xeon with AMX (78 on an AMD Zen 4, timed with
+# the previous network)
 # (bfloat16 training needs AVX-512 BF16 to be fast). Rebuild the plugin afterwards to embed it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,7 +3,7 @@
 Input: the normalised image (pixel / 255 - mean) / std, [N, 3, H, W] (H, W multiples of 16).
 Outputs (SPEC.md section 1), at output stride s (4, 2 or 1; for s < 4 the embedding is refined
 at stride 2 with the first stage's features, so that masks of small objects get finer edges,
-and s = 1 upsamples it bilinearly from there; class logits always come from stride 8 and are
+and s = 1 upsamples it bilinearly from there; class logits always come from stride 4 and are
 upsampled bilinearly to the output grid):
 - embedding: [N, D, H/s, W/s], the per-pixel embedding e_p (unconstrained);
 - classes:   [N, T, C+1, H/s, W/s], C^t_pc softmaxed over the C+1 axis (0 = background).
@@ -39,7 +39,11 @@ class InstSegNet(nn.Module):
       FLOPs), because a mask on the stride-4 grid cannot fit a small shape: even the ground
       truth, sampled on that grid, scores mask AP 0.57 on the test split (0.75 on stride 2);
     - classes: its own stride-8 and stride-16 stages (3w, 4w channels), one decoder layer at
-      stride 8 and a 1x1 head whose logits are upsampled bilinearly to the output grid.
+      stride 8, then one at stride 4 (w channels) with the second stage's features and a 1x1
+      head whose logits are upsampled bilinearly to the output grid. Small shapes are about
+      1.5 stride-8 cells across: with logits from stride 8 they rarely got a confident seed
+      (the stride-4 layer, +0.06 GFLOP, raised validation AP50 from 0.860 to 0.877 at the same
+      training budget).
 
     The branches share only low-level features because the class probabilities need features
     of their own: in a shared trunk the embedding loss, with the paper's lambda of at most 0.2
@@ -90,7 +94,10 @@ class InstSegNet(nn.Module):
             conv_bn(k3, k4, 2), conv_bn(k4, k4), conv_bn(k4, k4, dilation=2), conv_bn(k4, k4, dilation=4)
         )
         self.class_up = conv_bn(k4 + k3, k3)  # stride 8
-        self.class_head = nn.Conv2d(k3, len(self.thresholds) * (num_classes + 1), 1)
+        self.class_reduce = nn.Sequential(nn.Conv2d(k3, width, 1, bias=False), nn.BatchNorm2d(width),
+                                          nn.ReLU(inplace=True))
+        self.class_refine = conv_bn(width + c2, width)  # stride 4: class features + the second stage's
+        self.class_head = nn.Conv2d(width, len(self.thresholds) * (num_classes + 1), 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, logits = self.native_outputs(image)
@@ -101,7 +108,7 @@ class InstSegNet(nn.Module):
 
     def native_outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding at the finest stride the network computes, 4 or 2; class logits at
-        stride 8), before any bilinear upsampling: training at output stride 1 grows its
+        stride 4), before any bilinear upsampling: training at output stride 1 grows its
         classification targets on the stride-2 grid (see train.training_outputs)."""
         x1 = self.stage1(image)
         x2 = self.stage2(x1)
@@ -117,10 +124,11 @@ class InstSegNet(nn.Module):
         k3 = self.class_stage3(x2)
         k4 = self.class_stage4(k3)
         k = self.class_up(torch.cat([F.interpolate(k4, size=k3.shape[-2:], mode="nearest"), k3], 1))
-        return embedding, self.class_head(k)
+        k = F.interpolate(self.class_reduce(k), size=x2.shape[-2:], mode="bilinear", align_corners=False)
+        return embedding, self.class_head(self.class_refine(torch.cat([k, x2], 1)))
 
     def class_probabilities(self, logits: torch.Tensor, size) -> torch.Tensor:
-        """Stride-8 class logits -> C^t_pc [N, T, C+1, *size], upsampled bilinearly."""
+        """Stride-4 class logits -> C^t_pc [N, T, C+1, *size], upsampled bilinearly."""
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         n, _, h, w = logits.shape
         logits = logits.reshape(n, len(self.thresholds), self.num_classes + 1, h, w)
