@@ -19,10 +19,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    """3x3 convolution, batch norm (folded into the convolution at ONNX export), ReLU."""
+def conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
+    """kernel x kernel convolution (3x3 unless told), batch norm (folded into the convolution at
+    ONNX export), ReLU."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.Conv2d(cin, cout, kernel, stride, padding=dilation * (kernel // 2), dilation=dilation, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
@@ -84,8 +85,7 @@ class InstSegNet(nn.Module):
             self.neck = conv_bn(3 * width, 3 * width)
             self.embedding_head = nn.Conv2d(3 * width, embedding_dim, 1)
         else:  # the stride-2 refinement replaces the stride-4 neck: about the same FLOPs
-            self.reduce = nn.Sequential(nn.Conv2d(3 * width, width, 1, bias=False), nn.BatchNorm2d(width),
-                                        nn.ReLU(inplace=True))
+            self.reduce = conv_bn(3 * width, width, kernel=1)
             self.refine = conv_bn(2 * width, width)  # stride 2: decoder features + the first stage's
             self.embedding_head = nn.Conv2d(width, embedding_dim, 1)
         k3, k4 = 3 * width, 4 * width
@@ -94,8 +94,7 @@ class InstSegNet(nn.Module):
             conv_bn(k3, k4, 2), conv_bn(k4, k4), conv_bn(k4, k4, dilation=2), conv_bn(k4, k4, dilation=4)
         )
         self.class_up = conv_bn(k4 + k3, k3)  # stride 8
-        self.class_reduce = nn.Sequential(nn.Conv2d(k3, width, 1, bias=False), nn.BatchNorm2d(width),
-                                          nn.ReLU(inplace=True))
+        self.class_reduce = conv_bn(k3, width, kernel=1)
         self.class_refine = conv_bn(width + c2, width)  # stride 4: class features + the second stage's
         self.class_head = nn.Conv2d(width, len(self.thresholds) * (num_classes + 1), 1)
 
