@@ -2,8 +2,8 @@
 # Reproduces models/default.onnx, the plugin's embedded default model (see models/README.md):
 # renders the procedural shapes dataset and training clips (seed 0), trains the network (seed 0), copies the ONNX
 # file to models/, and scores it through the real plugin on the held-out test split and clips.
-# Rendering and training take about 84 minutes on a 2-core Intel Xeon with AMX (78 on an AMD Zen 4, timed with
-# the previous network)
+# Rendering and training take 79 to 88 minutes on a 2-core Intel Xeon with AMX, depending on the VM's speed that
+# day (78 on an AMD Zen 4, timed with an earlier network)
 # (bfloat16 training needs AVX-512 BF16 to be fast). Rebuild the plugin afterwards to embed it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ python -m instseg_train.coco --out "$data" --seed 0 --train 0 --val 200 --test 2
 time python -m instseg_train.train --data "$data" --generate 4000 --generate-clips 200 --out "$data/default.onnx" \
     --steps 15000 --batch 8 --pairs 2 --seed 0 --workers 1 --device cpu --seed-threshold 0.8 --alpha 0 --overlaps confident \
     --max-overlap 0.5 --warm-seed seed-like --track-seed-threshold 0.3 --rematch on --warm-order match \
-    --output-stride 1 --lr 4e-3 --precision bf16 --cache
+    --output-stride 1 --lr 4e-3 --precision bf16 --cache --min-area 16
 cp "$data/default.onnx" models/default.onnx
 cargo build --quiet --release --lib
 python -m instseg_train.evaluate --data "$data" --model models/default.onnx --plugin-path target/release

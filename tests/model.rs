@@ -84,7 +84,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.labels, ["circle", "square", "triangle", "star"]);
     assert_eq!(contract.alpha, Some(0.0));
     assert_eq!(contract.seed_threshold, Some(0.8));
-    assert_eq!(contract.min_area, Some(64));
+    assert_eq!(contract.min_area, Some(16));
     assert_eq!(contract.track_seed_threshold, Some(0.3));
     assert_eq!(contract.overlaps, Some(Overlaps::Confident));
     assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));

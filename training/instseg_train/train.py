@@ -65,7 +65,7 @@ def training_outputs(model: InstSegNet, image: torch.Tensor, bf16: bool = False)
     with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=bf16):
         embedding, logits = model.native_outputs(image)
     embedding, logits = embedding.float(), logits.float()
-    return embedding, model.class_probabilities(logits, embedding.shape[-2:])
+    return embedding, model.class_probabilities(logits)
 
 
 def load_matching(model: InstSegNet, weights: dict) -> None:
@@ -83,7 +83,7 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
           k: int = 10, workers: int = 0, log_every: int = 50, checkpoint_every: int = 500,
           hard_background: int = 10, output_stride: int = 4, width: int = 16, device: str = "auto",
           pairs: int = 0, init: str | None = None, precision: str = "fp32", cache: bool = False,
-          **recommended) -> InstSegNet:
+          min_area: int | None = None, **recommended) -> InstSegNet:
     """Trains, writes the weights to ``out + ".pt"`` every ``checkpoint_every`` steps and at the
     end, and exports the ONNX model to ``out``. lambda ramps from 0 to 0.2 over ``ramp_steps``
     (default: the first quarter), while the embedding learns enough for the classification
@@ -102,7 +102,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
     Sapphire Rapids) the network takes about 0.6x the time (a whole step with data loading about
     0.75x); elsewhere it can be slower. ``cache`` keeps the decoded training images and masks in
     memory (``CocoInstances``), in the loader's worker processes when ``workers`` > 0, which
-    live as long as the run."""
+    live as long as the run. ``min_area`` is the recommended min-area in output pixels (default:
+    the frame area of the element's default, 4 output pixels, at stride 4)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is neither fp32 nor bf16")
     recommended_metadata(**recommended)  # a bad setting fails now, not after the training
@@ -162,8 +163,8 @@ def train(data: str, out: str, steps: int = 2000, batch: int = 8, lr: float = 2e
         if step % checkpoint_every == 0 or step == steps:
             torch.save(model.state_dict(), out + ".pt")
     model.to("cpu", memory_format=torch.contiguous_format).eval()
-    # The element's default min-area (4 output pixels) is meant for stride 4: keep its frame area.
-    min_area = None if output_stride == 4 else 4 * (4 // output_stride) ** 2
+    if min_area is None and output_stride != 4:
+        min_area = 4 * (4 // output_stride) ** 2  # the element's default is meant for stride 4
     export_onnx(model, out, input_size=tuple(size), labels=dataset.category_names, min_area=min_area,
                 **recommended)
     check_export(model, out)
@@ -202,6 +203,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", action="store_true",
                         help="keep decoded images and masks in memory after their first epoch "
                              "(about 4 bytes per pixel per image)")
+    parser.add_argument("--min-area", type=int, default=None,
+                        help="the element's recommended min-area in output pixels, stored in the ONNX file "
+                             "(default: 4 stride-4 cells)")
     parser.add_argument("--hard-background", type=int, default=10,
                         help="most seed-like background pixels added to the classification loss")
     args = parser.parse_args(argv)
@@ -214,7 +218,7 @@ def main(argv=None) -> None:
           embedding_dim=args.embedding_dim, seed=args.seed, workers=args.workers,
           hard_background=args.hard_background, output_stride=args.output_stride, width=args.width, k=args.k,
           device=args.device, pairs=args.pairs, init=args.init, precision=args.precision, cache=args.cache,
-          **recommended)
+          min_area=args.min_area, **recommended)
 
 
 if __name__ == "__main__":

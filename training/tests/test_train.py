@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from instseg_train.coco import generate_dataset
+from instseg_train.export import read_metadata
 from instseg_train.model import InstSegNet
 from instseg_train.train import load_matching, train, training_outputs
 
@@ -42,7 +43,8 @@ def test_init_loads_the_weights_that_fit(tiny, tmp_path, capsys):
     first = train(tiny, str(tmp_path / "a.onnx"), steps=1, batch=2, size=(32, 32), output_stride=2)
     other = InstSegNet(num_classes=2, output_stride=2)
     load_matching(other, torch.load(str(tmp_path / "a.onnx.pt")))
-    assert "2 tensors keep their initialisation: class_head.bias, class_head.weight" in capsys.readouterr().out
+    assert ("4 tensors keep their initialisation: class_fine.bias, class_fine.weight, class_head.bias, "
+            "class_head.weight") in capsys.readouterr().out
     assert torch.equal(other.stage1[0][0].weight, first.stage1[0][0].weight)
     second = train(tiny, str(tmp_path / "b.onnx"), steps=1, batch=2, size=(32, 32), output_stride=1, lr=1e-9,
                    init=str(tmp_path / "a.onnx.pt"))
@@ -72,3 +74,10 @@ def test_the_memory_cache_of_the_loader_workers_changes_nothing_but_speed(tiny, 
 
     plain, cached = weights(False), weights(True)
     assert all(torch.equal(plain[name], cached[name]) for name in plain)
+
+
+def test_min_area_defaults_to_four_stride_4_cells_and_can_be_given(tiny, tmp_path):
+    train(tiny, str(tmp_path / "a.onnx"), steps=1, batch=2, size=(32, 32), output_stride=1)
+    train(tiny, str(tmp_path / "b.onnx"), steps=1, batch=2, size=(32, 32), output_stride=1, min_area=16)
+    assert read_metadata(str(tmp_path / "a.onnx"))["instseg.min-area"] == "64"
+    assert read_metadata(str(tmp_path / "b.onnx"))["instseg.min-area"] == "16"
