@@ -98,9 +98,10 @@ class InstSegNet(nn.Module):
         self.class_up = conv_bn(k4 + k3, k3)  # stride 8
         self.class_reduce = conv_bn(k3, width, kernel=1)
         self.class_refine = conv_bn(width + c2, width)  # stride 4: class features + the second stage's
-        self.class_head = nn.Conv2d(width, len(self.thresholds) * (num_classes + 1), 1)
+        logit_channels = len(self.thresholds) * (num_classes + 1)
+        self.class_head = nn.Conv2d(width, logit_channels, 1)
         if output_stride < 4:  # stride 2: a 1x1 layer on the first stage's features corrects the logits
-            self.class_fine = nn.Conv2d(c1, len(self.thresholds) * (num_classes + 1), 1)
+            self.class_fine = nn.Conv2d(c1, logit_channels, 1)
             nn.init.zeros_(self.class_fine.weight)  # training starts from the stride-4 logits
             nn.init.zeros_(self.class_fine.bias)
 
