@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from instseg_train.coco import generate_dataset
-from instseg_train.diagnose import embedding_fits, main, miss_causes
+from instseg_train.diagnose import area_band, embedding_fits, main, miss_causes
 from instseg_train.export import export_onnx
 from instseg_train.model import InstSegNet
 from instseg_train.postprocess import Instance
@@ -41,8 +41,8 @@ def scene():
 def test_miss_causes_by_hand():
     embedding, truth, truth_classes, instances, labels = scene()
     missed, unmatched = miss_causes(embedding, THRESHOLDS, truth, truth_classes, instances, labels)
-    assert missed == ["wrong class, embedding fits", "unseeded, embedding fits",
-                      "merged, embedding does not fit", "split, embedding fits"]
+    assert missed == {2: "wrong class, embedding fits", 3: "unseeded, embedding fits",
+                      5: "merged, embedding does not fit", 6: "split, embedding fits"}
     assert unmatched == ["fragment", "fragment", "on background"]
 
 
@@ -64,4 +64,12 @@ def test_main_reports_every_instance(tmp_path, capsys):
     report = json.loads(out[out.index("{\n"):])
     assert report["images"] == 2 and report["settings"]["seed_threshold"] == 0.2
     assert 0 < sum(report["missed"].values()) <= report["instances"]
+    assert sum(report["instances by area"].values()) == report["instances"]
+    assert sum(report["missed by area"].values()) == sum(report["missed"].values())
+    assert all(report["missed by area"][band] <= n for band, n in report["instances by area"].items())
     assert sum(report["unmatched masks"].values()) <= report["masks"]
+
+
+def test_area_bands_split_coco_small_at_128_pixels():
+    assert [area_band(a) for a in (1, 127, 128, 1023, 1024, 9216, 10 ** 6)] == [
+        "under 128", "under 128", "128 to 1024", "128 to 1024", "1024 to 9216", "over 9216", "over 9216"]

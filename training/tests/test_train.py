@@ -6,7 +6,8 @@ import torch
 from instseg_train.coco import generate_dataset
 from instseg_train.export import read_metadata
 from instseg_train.model import InstSegNet
-from instseg_train.train import load_matching, train, training_outputs
+from instseg_train import train as train_module
+from instseg_train.train import load_matching, native_bf16, resolve_precision, train, training_outputs
 
 
 @pytest.fixture
@@ -62,8 +63,29 @@ def test_bf16_trains_the_network_under_autocast_and_exports_float32(tiny, tmp_pa
 
 
 def test_an_unknown_precision_is_refused(tiny, tmp_path):
-    with pytest.raises(ValueError, match="neither fp32 nor bf16"):
+    with pytest.raises(ValueError, match="neither fp32, bf16 nor auto"):
         train(tiny, str(tmp_path / "m.onnx"), steps=1, batch=2, size=(32, 32), precision="fp16")
+
+
+@pytest.mark.parametrize("native, chosen", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_takes_bf16_only_where_it_is_native(monkeypatch, capsys, native, chosen):
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    assert resolve_precision("auto", "cpu") == chosen
+    assert f"precision: {chosen} ({'native' if native else 'no native'} bfloat16 on cpu)" in capsys.readouterr().out
+    assert resolve_precision("fp32", "cpu") == "fp32" and capsys.readouterr().out == ""
+
+
+def test_bf16_where_it_is_emulated_is_kept_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    assert "warning: cpu has no native bfloat16" in capsys.readouterr().out
+
+
+def test_auto_precision_trains_with_what_it_picked(tiny, tmp_path, capsys):
+    model = train(tiny, str(tmp_path / "m.onnx"), steps=1, batch=2, size=(32, 32), precision="auto")
+    picked = "bf16" if native_bf16("cpu") else "fp32"
+    assert f"precision: {picked}" in capsys.readouterr().out
+    assert model.stage1[0][0].weight.dtype == torch.float32
 
 
 def test_the_memory_cache_of_the_loader_workers_changes_nothing_but_speed(tiny, tmp_path):
