@@ -14,7 +14,10 @@ then the class head (seediness, class or threshold), not the embedding, lost it.
 match no instance are counted as ``on background`` (mostly outside every instance) or
 ``fragment`` (parts, duplicates or wrong classes of instances). The instances and the missed
 ones are also counted by area in input pixels (``AREA_BANDS``): on the default model's test
-split, shapes under 128 pixels are 15% of the instances and half of the misses.
+split, shapes under 128 pixels are 15% of the instances and half of the misses. And by contact
+(``contact_band``): how much of an instance's outline one other instance holds. On the same split
+2% of the shapes apart from the others are missed, 30% of those touching one and 76% of those one
+surrounds.
 
     python -m instseg_train.diagnose --data DIR --model model.onnx [--split val] [--images N]
 
@@ -45,6 +48,32 @@ AREA_BANDS = ((128, "under 128"), (32 ** 2, "128 to 1024"), (96 ** 2, "1024 to 9
 
 def area_band(area: float) -> str:
     return next(name for bound, name in AREA_BANDS if area < bound)
+
+
+# Share of an instance's outline (the ring of RING grid pixels around it) that the one neighbour
+# holding most of it holds: below TOUCHING "apart", below SURROUNDED "touching", else "surrounded"
+# (a shape lying on a larger one, or mostly hidden by one).
+RING, TOUCHING, SURROUNDED = 2, 0.25, 0.6
+CONTACT_BANDS = ("apart", "touching", "surrounded")
+
+
+def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` dilated by ``steps`` 4-neighbour steps."""
+    for _ in range(steps):
+        padded = np.pad(mask, 1)
+        mask = (padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1]
+                | padded[1:-1, :-2] | padded[1:-1, 2:])
+    return mask
+
+
+def contact_band(truth_ids: np.ndarray, instance: int) -> str:
+    """How much of instance ``instance``'s outline in the id map ``truth_ids`` one other
+    instance holds (see ``CONTACT_BANDS``); the image border and the background hold none."""
+    inside = truth_ids == instance
+    ring = truth_ids[_grow(inside, RING) & ~inside]
+    holders = np.bincount(ring[ring != 0], minlength=1)
+    share = holders.max() / max(ring.size, 1)
+    return CONTACT_BANDS[int(share >= TOUCHING) + int(share >= SURROUNDED)]
 
 
 def _mean_std(meta: dict, key: str, default: float) -> np.ndarray:
@@ -125,6 +154,7 @@ def diagnose(annotations: str, images_dir: str, model: str, images: int | None =
     mean, std = _mean_std(meta, "instseg.mean", 0.0), _mean_std(meta, "instseg.std", 1.0)
     still = [i for i, image_id in enumerate(data.image_ids) if "video_id" not in data.coco.imgs[image_id]]
     missed, unmatched, by_area, missed_by_area, detections = Counter(), Counter(), Counter(), Counter(), 0
+    by_contact, missed_by_contact = Counter(), Counter()
     for index in still[:images]:
         image, ids, classes = data[index]
         x = ((image.numpy() - mean) / std)[None].astype(np.float32)
@@ -137,12 +167,17 @@ def diagnose(annotations: str, images_dir: str, model: str, images: int | None =
         bands = {i: area_band(cell * n) for i, n in enumerate(np.bincount(grid.reshape(-1))) if i and n}
         by_area.update(bands.values())
         missed_by_area.update(bands[i] for i in lost)
+        contacts = {i: contact_band(grid, i) for i in bands}
+        by_contact.update(contacts.values())
+        missed_by_contact.update(contacts[i] for i in lost)
         unmatched.update(extra)
         detections += len(instances)
     return {"images": len(still[:images]), "settings": settings, "instances": by_area.total(),
             "missed": dict(missed.most_common()), "masks": detections, "unmatched masks": dict(unmatched),
             "instances by area": {name: by_area[name] for _, name in AREA_BANDS},
-            "missed by area": {name: missed_by_area[name] for _, name in AREA_BANDS}}
+            "missed by area": {name: missed_by_area[name] for _, name in AREA_BANDS},
+            "instances by contact": {name: by_contact[name] for name in CONTACT_BANDS},
+            "missed by contact": {name: missed_by_contact[name] for name in CONTACT_BANDS}}
 
 
 def main(argv=None) -> None:

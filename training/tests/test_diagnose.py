@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from instseg_train.coco import generate_dataset
-from instseg_train.diagnose import area_band, embedding_fits, main, miss_causes
+from instseg_train.diagnose import area_band, contact_band, embedding_fits, main, miss_causes
 from instseg_train.export import export_onnx
 from instseg_train.model import InstSegNet
 from instseg_train.postprocess import Instance
@@ -68,8 +68,20 @@ def test_main_reports_every_instance(tmp_path, capsys):
     assert sum(report["missed by area"].values()) == sum(report["missed"].values())
     assert all(report["missed by area"][band] <= n for band, n in report["instances by area"].items())
     assert sum(report["unmatched masks"].values()) <= report["masks"]
+    assert sum(report["instances by contact"].values()) == report["instances"]
+    assert sum(report["missed by contact"].values()) == sum(report["missed"].values())
 
 
 def test_area_bands_split_coco_small_at_128_pixels():
     assert [area_band(a) for a in (1, 127, 128, 1023, 1024, 9216, 10 ** 6)] == [
         "under 128", "under 128", "128 to 1024", "128 to 1024", "1024 to 9216", "over 9216", "over 9216"]
+
+
+def test_contact_bands_by_the_share_of_the_outline_one_neighbour_holds():
+    truth = np.zeros((20, 20), np.int64)
+    truth[0:12, 0:12] = 1
+    truth[4:7, 4:7] = 2  # on 1, inside it
+    truth[9:12, 12:15] = 3  # against 1's right side: a third of its outline
+    truth[16:19, 16:19] = 4  # alone
+    truth[0:4, 16:20] = 5  # in the corner, away from the others
+    assert [contact_band(truth, i) for i in range(1, 6)] == ["apart", "surrounded", "touching", "apart", "apart"]
