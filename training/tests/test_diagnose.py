@@ -81,7 +81,7 @@ def test_contact_bands_by_the_share_of_the_outline_one_neighbour_holds():
     truth = np.zeros((20, 20), np.int64)
     truth[0:12, 0:12] = 1
     truth[4:7, 4:7] = 2  # on 1, inside it
-    truth[9:12, 12:15] = 3  # against 1's right side: a third of its outline
+    truth[8:11, 10:13] = 3  # over 1's right edge: 1 holds half of its outline
     truth[16:19, 16:19] = 4  # alone
     truth[0:4, 16:20] = 5  # in the corner, away from the others
     assert [contact_band(truth, i) for i in range(1, 6)] == ["apart", "surrounded", "touching", "apart", "apart"]
