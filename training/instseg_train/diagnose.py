@@ -38,6 +38,7 @@ from .coco import CocoInstances
 from .export import input_size, read_metadata
 from .losses import downsample_ids
 from .postprocess import distance_limit, postprocess
+from .shapes import grow
 
 COVERED = 0.3  # share of an instance a mask must cover for the instance to count as seeded
 PROBES = 64  # pixels per missed instance tried as seeds in the embedding test
@@ -57,20 +58,11 @@ RING, TOUCHING, SURROUNDED = 2, 0.25, 0.6
 CONTACT_BANDS = ("apart", "touching", "surrounded")
 
 
-def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
-    """``mask`` dilated by ``steps`` 4-neighbour steps."""
-    for _ in range(steps):
-        padded = np.pad(mask, 1)
-        mask = (padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1]
-                | padded[1:-1, :-2] | padded[1:-1, 2:])
-    return mask
-
-
 def contact_band(truth_ids: np.ndarray, instance: int) -> str:
     """How much of instance ``instance``'s outline in the id map ``truth_ids`` one other
     instance holds (see ``CONTACT_BANDS``); the image border and the background hold none."""
     inside = truth_ids == instance
-    ring = truth_ids[_grow(inside, RING) & ~inside]
+    ring = truth_ids[grow(inside, RING) & ~inside]
     holders = np.bincount(ring[ring != 0], minlength=1)
     share = holders.max() / max(ring.size, 1)
     return CONTACT_BANDS[int(share >= TOUCHING) + int(share >= SURROUNDED)]

@@ -180,13 +180,21 @@ def compose(objects: list[dict], background: np.ndarray, rng, ss: int = 2,
     return img, np.take_along_axis(sub, votes.argmax(-1)[..., None], -1)[..., 0]
 
 
+def grow(mask: np.ndarray, steps: int = 1) -> np.ndarray:
+    """Boolean masks [..., H, W] dilated by ``steps`` 4-neighbour steps."""
+    for _ in range(steps):
+        grown = mask.copy()
+        grown[..., 1:, :] |= mask[..., :-1, :]
+        grown[..., :-1, :] |= mask[..., 1:, :]
+        grown[..., :, 1:] |= mask[..., :, :-1]
+        grown[..., :, :-1] |= mask[..., :, 1:]
+        mask = grown
+    return mask
+
+
 def touching_pairs(masks: np.ndarray, classes: np.ndarray, appearance: np.ndarray) -> list:
     """Pairs (i, j), i < j, of 4-adjacent instances with equal class and appearance id."""
-    grown = masks.copy()
-    grown[:, 1:] |= masks[:, :-1]
-    grown[:, :-1] |= masks[:, 1:]
-    grown[:, :, 1:] |= masks[:, :, :-1]
-    grown[:, :, :-1] |= masks[:, :, 1:]
+    grown = grow(masks)
     return [(i, j) for i in range(len(masks)) for j in range(i + 1, len(masks))
             if classes[i] == classes[j] and appearance[i] == appearance[j]
             and (grown[i] & masks[j]).any()]
