@@ -90,7 +90,7 @@ impl PixelFormat {
 
     /// Bytes per row and number of rows of each plane; `(0, 0)` for planes the format lacks.
     /// Chroma planes of odd-sized frames round up, as GStreamer lays them out.
-    fn plane_extents(self, width: usize, height: usize) -> [(usize, usize); 3] {
+    pub(crate) fn plane_extents(self, width: usize, height: usize) -> [(usize, usize); 3] {
         let packed = |bytes_per_pixel: usize| {
             [
                 (width.saturating_mul(bytes_per_pixel), height),

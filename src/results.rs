@@ -29,8 +29,10 @@
 //! assert_eq!(encode_rle(&[1, 0, 0, 0], 1, &geometry, &mut Vec::new()), "02208");
 //! ```
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 /// How the label map sits on the frame: a `grid_width` x `grid_height` grid stretched over
 /// the rectangle (`rect_x`, `rect_y`, `rect_width`, `rect_height`) of a `frame_width` x
@@ -420,6 +422,45 @@ pub fn write_frame<W: Write>(
     out.write_all(b"]}\n")
 }
 
+/// The `results-location` file. Each frame's line is written through to the file in one
+/// write as the frame is published, so a line is on disk before its buffer leaves the element
+/// and a failing disk is reported at the frame it failed on.
+#[derive(Debug)]
+pub struct ResultsFile {
+    path: PathBuf,
+    file: File,
+    line: Vec<u8>,
+    scratch: Vec<u32>,
+}
+
+impl ResultsFile {
+    /// Creates (or truncates) the file at `path`.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: File::create(path)?,
+            line: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one frame's line (see [`write_frame`]).
+    pub fn write(
+        &mut self,
+        record: &FrameRecord,
+        labels: &[u8],
+        geometry: &MaskGeometry,
+    ) -> io::Result<()> {
+        self.line.clear();
+        write_frame(&mut self.line, record, labels, geometry, &mut self.scratch)?;
+        self.file.write_all(&self.line)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -799,5 +840,34 @@ mod tests {
             String::from_utf8(line).unwrap(),
             "{\"frame\":12,\"pts\":null,\"width\":4,\"height\":4,\"carried\":false,\"instances\":[]}\n"
         );
+    }
+
+    #[test]
+    fn results_file_lines_are_on_disk_at_once_and_a_full_disk_fails_the_first_frame() {
+        let geometry = identity(2, 2);
+        let record = FrameRecord {
+            frame: 0,
+            pts: Some(5),
+            width: 2,
+            height: 2,
+            carried: false,
+            instances: &[],
+        };
+        let path =
+            std::env::temp_dir().join(format!("instseg-results-{}.jsonl", std::process::id()));
+        let mut file = ResultsFile::create(&path).unwrap();
+        for frame in 0..3 {
+            file.write(&FrameRecord { frame, ..record }, &[0; 4], &geometry)
+                .unwrap();
+            // Read back while the file is still open: nothing waits in a buffer.
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(text.lines().count(), frame as usize + 1, "{text}");
+        }
+        drop(file);
+        std::fs::remove_file(&path).unwrap();
+
+        let mut full = ResultsFile::create(Path::new("/dev/full")).unwrap();
+        let error = full.write(&record, &[0; 4], &geometry).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
     }
 }

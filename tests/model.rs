@@ -198,6 +198,21 @@ fn sessions_are_shared_per_model_and_options() {
 }
 
 #[test]
+fn concurrent_loads_of_one_model_start_one_session() {
+    let options = SessionOptions {
+        threads: 2,
+        ..cpu()
+    };
+    let models: Vec<Arc<Model>> = std::thread::scope(|scope| {
+        let loads: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| load("colour_stride2.onnx", &options).unwrap()))
+            .collect();
+        loads.into_iter().map(|load| load.join().unwrap()).collect()
+    });
+    assert!(models.iter().all(|model| Arc::ptr_eq(model, &models[0])));
+}
+
+#[test]
 fn auto_falls_back_to_cpu_with_a_reason() {
     let auto = SessionOptions::default();
     assert_eq!(auto.provider, ExecutionProvider::Auto);
@@ -368,7 +383,7 @@ fn unreadable_models_name_the_file() {
     assert!(err.to_string().contains("not_a_model.onnx"), "{err}");
 
     let err = load("no_such_model.onnx", &cpu()).unwrap_err();
-    assert!(matches!(err, ModelError::File(_)), "{err}");
+    assert!(matches!(err, ModelError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("no_such_model.onnx"), "{err}");
 }
 

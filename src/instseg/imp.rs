@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -12,15 +10,16 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
+use super::frame::PlaneLayout;
 use super::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmOrder, WarmSeed};
 use crate::meta;
-use crate::model::{self, Contract, Model, ModelOutputs, ModelSource, SessionOptions};
+use crate::model::{self, Contract, Model, ModelError, ModelOutputs, ModelSource, SessionOptions};
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
 use crate::preprocess::{
     Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
     YuvMatrix,
 };
-use crate::results::{self, FrameRecord, InstanceRecord, MaskGeometry};
+use crate::results::{FrameRecord, InstanceRecord, MaskGeometry, ResultsFile};
 use crate::segment::{self, OutputView, Params, Segmentation, Segmenter, TrackingParams};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -455,9 +454,10 @@ struct State {
     outputs: ModelOutputs,
     segmenter: Segmenter,
     geometry: Option<Geometry>,
-    results: Option<(PathBuf, BufWriter<File>)>,
+    results: Option<ResultsFile>,
     frame_index: u64,
-    rle_scratch: Vec<u32>,
+    /// Whether a frame with mostly non-finite outputs was reported already.
+    warned_non_finite: bool,
     /// The last inferred frame's result, repeated on frames that skip inference.
     last: Option<FrameResult>,
     /// Frames since the last inference.
@@ -493,6 +493,7 @@ impl InstSeg {
         &self,
         state: &mut State,
         buf: &gst::BufferRef,
+        layout: &PlaneLayout,
     ) -> Result<(FrameResult, [u64; 3]), gst::FlowError> {
         let State {
             model,
@@ -503,6 +504,8 @@ impl InstSeg {
             outputs,
             segmenter,
             geometry,
+            frame_index,
+            warned_non_finite,
             ..
         } = state;
         let geometry = geometry.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
@@ -510,29 +513,20 @@ impl InstSeg {
         let started = Instant::now();
 
         {
-            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf, &geometry.info)
-                .map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::ResourceError::Read,
-                        ["Failed to map the video frame"]
-                    );
-                    gst::FlowError::Error
-                })?;
-            let mut planes: [&[u8]; 3] = [&[]; 3];
-            let mut strides = [0usize; 3];
-            for plane in 0..frame.n_planes() as usize {
-                planes[plane] = frame
-                    .plane_data(plane as u32)
-                    .map_err(|_| gst::FlowError::Error)?;
-                strides[plane] = frame.plane_stride()[plane] as usize;
-            }
+            let map = buf.map_readable().map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Read,
+                    ("Cannot map the buffer to read the frame")
+                );
+                gst::FlowError::Error
+            })?;
             let frame = FrameRef {
                 format: geometry.format,
                 width: geometry.info.width() as usize,
                 height: geometry.info.height() as usize,
-                planes,
-                strides,
+                planes: layout.planes(&map),
+                strides: layout.strides(),
                 colorimetry: geometry.colorimetry,
             };
             preprocessor
@@ -548,7 +542,7 @@ impl InstSeg {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Format,
-                        ["Cannot read the frame: {err}"]
+                        ("Cannot read the frame: {err}")
                     );
                     gst::FlowError::Error
                 })?;
@@ -556,10 +550,30 @@ impl InstSeg {
         let preprocessed = Instant::now();
 
         model.run(input, outputs).map_err(|err| {
-            gst::element_imp_error!(self, gst::LibraryError::Failed, ["Inference failed: {err}"]);
+            gst::element_imp_error!(self, gst::LibraryError::Failed, ("Inference failed: {err}"));
             gst::FlowError::Error
         })?;
         let inferred = Instant::now();
+        let non_finite = outputs.non_finite_share();
+        if non_finite > 0.5 && !std::mem::replace(warned_non_finite, true) {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "{:.0}% of the model's outputs are NaN or infinite",
+                100.0 * non_finite
+            );
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Decode,
+                (
+                    "{:.0}% of the model's outputs on frame {} are NaN or infinite: those pixels \
+                     are never part of an instance; check the model and its instseg.mean and \
+                     instseg.std (reported once)",
+                    100.0 * non_finite,
+                    frame_index
+                )
+            );
+        }
 
         let segmentation = OutputView::new(
             &outputs.embedding,
@@ -575,7 +589,7 @@ impl InstSeg {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Decode,
-                ["Model output rejected: {err}"]
+                ("Model output rejected: {err}")
             );
             gst::FlowError::Error
         })?;
@@ -599,6 +613,7 @@ impl InstSeg {
         &self,
         state: &mut State,
         buf: &mut gst::BufferRef,
+        layout: &PlaneLayout,
         carried: bool,
         drawing: Drawing,
     ) -> Result<(), gst::FlowError> {
@@ -607,7 +622,6 @@ impl InstSeg {
             geometry,
             results,
             frame_index,
-            rle_scratch,
             ..
         } = state;
         let (Some(result), Some(geometry)) = (last.as_ref(), geometry.as_ref()) else {
@@ -623,12 +637,12 @@ impl InstSeg {
         }
         match drawing {
             Drawing::Nothing => (),
-            Drawing::Blend(style) => self.blend(buf, result, geometry, style)?,
+            Drawing::Blend(style) => self.blend(buf, layout, result, geometry, style)?,
             Drawing::Meta(style) => compose(buf, result, geometry, style).map_err(|err| {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Failed,
-                    ["Cannot attach the overlay: {err}"]
+                    ("Cannot attach the overlay: {err}")
                 );
                 gst::FlowError::Error
             })?,
@@ -639,12 +653,12 @@ impl InstSeg {
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Failed,
-                ["Cannot attach {}: {err}", meta::META_NAME]
+                ("Cannot attach {}: {err}", meta::META_NAME)
             );
             gst::FlowError::Error
         })?;
 
-        if let Some((path, file)) = results {
+        if let Some(file) = results {
             let records: Vec<InstanceRecord> =
                 result.records.iter().map(OwnedRecord::borrow).collect();
             let record = FrameRecord {
@@ -659,13 +673,14 @@ impl InstSeg {
                 .mask
                 .map_readable()
                 .map_err(|_| gst::FlowError::Error)?;
-            if let Err(err) =
-                results::write_frame(file, &record, &mask, &geometry.mask, rle_scratch)
-            {
+            if let Err(err) = file.write(&record, &mask, &geometry.mask) {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::Write,
-                    ["Cannot write results to {}: {err}", path.display()]
+                    (
+                        "Cannot write the results of frame {frame_index} to {}: {err}",
+                        file.path().display()
+                    )
                 );
                 return Err(gst::FlowError::Error);
             }
@@ -687,6 +702,7 @@ impl InstSeg {
     fn blend(
         &self,
         buf: &mut gst::BufferRef,
+        layout: &PlaneLayout,
         result: &FrameResult,
         geometry: &Geometry,
         style: OverlayStyle,
@@ -696,29 +712,50 @@ impl InstSeg {
             .map_readable()
             .map_err(|_| gst::FlowError::Error)?;
         let instances = result.overlay_instances();
-        let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(buf, &geometry.info)
-            .map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::Write,
-                    ["Cannot map the frame to draw into it"]
-                );
-                gst::FlowError::Error
-            })?;
-        let mut strides = [0usize; 3];
-        for (stride, &frame_stride) in strides.iter_mut().zip(frame.plane_stride()) {
-            *stride = frame_stride as usize;
-        }
-        let [plane0, plane1, plane2, _] = frame.planes_data_mut();
+        let mut map = buf.map_writable().map_err(|_| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Write,
+                ("Cannot map the frame to draw into it")
+            );
+            gst::FlowError::Error
+        })?;
         let mut target = overlay::FrameMut {
             format: geometry.format,
             width: geometry.info.width() as usize,
             height: geometry.info.height() as usize,
-            planes: [plane0, plane1, plane2],
-            strides,
+            planes: layout.planes_mut(&mut map),
+            strides: layout.strides(),
         };
         overlay::blend(&mut target, &mask, &geometry.mask, &instances, style);
         Ok(())
+    }
+
+    /// Where the planes of `buf` lie, checked against its memory; refuses the buffer (an error
+    /// on the bus) when its video meta does not fit it.
+    fn plane_layout(
+        &self,
+        state: &State,
+        buf: &gst::BufferRef,
+    ) -> Result<PlaneLayout, gst::FlowError> {
+        let geometry = state.geometry.as_ref().ok_or_else(|| {
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("No caps negotiated"));
+            gst::FlowError::NotNegotiated
+        })?;
+        PlaneLayout::of(buf, &geometry.info, geometry.format).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                (
+                    "Refused a {}x{} {} buffer whose planes do not fit its memory: {err}; fix \
+                     the element upstream that made it",
+                    geometry.info.width(),
+                    geometry.info.height(),
+                    geometry.info.format().to_str()
+                )
+            );
+            gst::FlowError::Error
+        })
     }
 
     /// Whether downstream's QoS says this buffer will be late anyway.
@@ -736,18 +773,18 @@ impl InstSeg {
                 running_time + buf.duration().unwrap_or_default() <= earliest
             })
     }
+}
 
-    /// Flushes the results file (at EOS and stop).
-    fn flush_results(&self, state: &mut State) {
-        if let Some((path, file)) = &mut state.results
-            && let Err(err) = file.flush()
-        {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::Write,
-                ["Cannot write results to {}: {err}", path.display()]
-            );
+/// A model that cannot load, as the error of the GStreamer domain it belongs to.
+fn model_error(err: &ModelError) -> gst::ErrorMessage {
+    match err {
+        ModelError::NotFound(_) => gst::error_msg!(gst::ResourceError::NotFound, ("{err}")),
+        ModelError::File(_) => gst::error_msg!(gst::ResourceError::OpenRead, ("{err}")),
+        ModelError::Contract(_) => gst::error_msg!(gst::LibraryError::Settings, ("{err}")),
+        ModelError::Runtime(_) | ModelError::Provider(_) => {
+            gst::error_msg!(gst::LibraryError::Init, ("{err}"))
         }
+        ModelError::Inference(_) => gst::error_msg!(gst::LibraryError::Failed, ("{err}")),
     }
 }
 
@@ -1242,8 +1279,8 @@ impl BaseTransformImpl for InstSeg {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.lock_settings().clone();
         let source = settings.model_source();
-        let model = Model::load(&source, &settings.session_options())
-            .map_err(|err| gst::error_msg!(gst::LibraryError::Init, ("{err}")))?;
+        let model =
+            Model::load(&source, &settings.session_options()).map_err(|err| model_error(&err))?;
         if let Some(reason) = model.fallback_reason() {
             gst::warning!(
                 CAT,
@@ -1268,14 +1305,14 @@ impl BaseTransformImpl for InstSeg {
         let results = if settings.results_location.is_empty() {
             None
         } else {
-            let path = PathBuf::from(&settings.results_location);
-            let file = File::create(&path).map_err(|err| {
+            let path = Path::new(&settings.results_location);
+            let file = ResultsFile::create(path).map_err(|err| {
                 gst::error_msg!(
                     gst::ResourceError::OpenWrite,
-                    ["Cannot create results file {}: {err}", path.display()]
+                    ("Cannot create results file {}: {err}", path.display())
                 )
             })?;
-            Some((path, BufWriter::new(file)))
+            Some(file)
         };
 
         let mut params = Params {
@@ -1302,7 +1339,7 @@ impl BaseTransformImpl for InstSeg {
             geometry: None,
             results,
             frame_index: 0,
-            rle_scratch: Vec::new(),
+            warned_non_finite: false,
             last: None,
             since_inference: 0,
         });
@@ -1310,9 +1347,7 @@ impl BaseTransformImpl for InstSeg {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(mut state) = self.lock_state().take() {
-            self.flush_results(&mut state);
-        }
+        *self.lock_state() = None;
         gst::debug!(CAT, imp = self, "Stopped");
         Ok(())
     }
@@ -1350,21 +1385,13 @@ impl BaseTransformImpl for InstSeg {
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
-        match event.view() {
-            gst::EventView::FlushStop(_) => {
-                *self.earliest_time.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                if let Some(state) = self.lock_state().as_mut() {
-                    gst::debug!(CAT, imp = self, "Flush: forgetting all tracks");
-                    state.segmenter.reset();
-                    state.last = None;
-                }
+        if let gst::EventView::FlushStop(_) = event.view() {
+            *self.earliest_time.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if let Some(state) = self.lock_state().as_mut() {
+                gst::debug!(CAT, imp = self, "Flush: forgetting all tracks");
+                state.segmenter.reset();
+                state.last = None;
             }
-            gst::EventView::Eos(_) => {
-                if let Some(state) = self.lock_state().as_mut() {
-                    self.flush_results(state);
-                }
-            }
-            _ => (),
         }
         self.parent_sink_event(event)
     }
@@ -1372,9 +1399,10 @@ impl BaseTransformImpl for InstSeg {
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut state = self.lock_state();
         let Some(state) = state.as_mut() else {
-            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["Not started"]);
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ("Not started"));
             return Err(gst::FlowError::NotNegotiated);
         };
+        let layout = self.plane_layout(state, buf)?;
         let (interval, drawing) = {
             // Properties can change in PLAYING: take them up frame by frame.
             let settings = self.lock_settings();
@@ -1399,13 +1427,13 @@ impl BaseTransformImpl for InstSeg {
                 buf.pts()
             );
         } else {
-            let (result, stage_times) = self.infer(state, buf)?;
+            let (result, stage_times) = self.infer(state, buf, &layout)?;
             state.last = Some(result);
             state.since_inference = 0;
             times = stage_times;
         }
         let publishing = Instant::now();
-        self.publish(state, buf, skip, drawing)?;
+        self.publish(state, buf, &layout, skip, drawing)?;
         let metadata_ns = publishing.elapsed().as_nanos() as u64;
 
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,6 +10,17 @@ use ort::value::{TensorElementType, TensorRef};
 use super::{Contract, ModelError, Resize};
 use crate::segment::{Overlaps, WarmOrder, WarmSeed};
 
+/// The longest side of a model input the element serves: a 4096x4096 input is already a
+/// 201 MB tensor, and a larger one only comes from a broken or hostile file.
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
+/// The normalised value of a black or white pixel must stay within this (the largest half
+/// precision number): beyond it the network's first layer overflows.
+const MAX_NORMALISED: f32 = 65504.0;
+
+/// How much of a metadata value an error quotes.
+const QUOTE_CHARS: usize = 64;
+
 /// A contract error about `model`, from a format string.
 macro_rules! refused {
     ($model:expr, $($message:tt)+) => {
@@ -24,11 +35,19 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         ModelError::File(format!("model {model}: cannot read its metadata: {err}"))
     })?;
     let props = Props { model, metadata };
-    props.get(
+    let contract_version = props.get(
         "instseg.contract",
         "1, the only contract version known",
         |v| (v == "1").then_some(()),
     )?;
+    if contract_version.is_none() {
+        return Err(refused!(
+            model,
+            "metadata instseg.contract is missing, expected 1; add instseg.contract=1 to the \
+             model's metadata_props once it follows the contract (the training toolkit's export \
+             writes it)"
+        ));
+    }
     let thresholds_meta = props.get(
         "instseg.thresholds",
         "comma-separated numbers in (0, 1], strictly ascending",
@@ -53,17 +72,31 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
                 .filter(|rgb| rgb.iter().all(|v| v.is_finite() && (!nonzero || *v != 0.0)))
         }
     };
-    let mean = props.get("instseg.mean", "3 comma-separated numbers", rgb(false))?;
-    let std = props.get(
-        "instseg.std",
-        "3 comma-separated non-zero numbers",
-        rgb(true),
+    let mean = props
+        .get("instseg.mean", "3 comma-separated numbers", rgb(false))?
+        .unwrap_or([0.0; 3]);
+    let std = props
+        .get(
+            "instseg.std",
+            "3 comma-separated non-zero numbers",
+            rgb(true),
+        )?
+        .unwrap_or([1.0; 3]);
+    check_normalisation(model, mean, std)?;
+    let input_size = props.get(
+        "instseg.input-size",
+        &format!("WxH with sides from 1 to {MAX_INPUT_SIDE}, e.g. 256x256"),
+        |value| {
+            let (width, height) = value.split_once('x')?;
+            let side = |n: &str| {
+                n.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_INPUT_SIDE).contains(n))
+            };
+            Some((side(width)?, side(height)?))
+        },
     )?;
-    let input_size = props.get("instseg.input-size", "WxH, e.g. 256x256", |value| {
-        let (width, height) = value.split_once('x')?;
-        let positive = |n: &str| n.trim().parse::<u32>().ok().filter(|&n| n > 0);
-        Some((positive(width)?, positive(height)?))
-    })?;
     let resize = props.choice(
         "instseg.resize",
         &[
@@ -72,9 +105,20 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         ],
     )?;
     let number = |value: &str| value.parse::<f64>().ok().filter(|n| n.is_finite());
-    let alpha = props.get("instseg.alpha", "a number", number)?;
-    let seed_threshold = props.get("instseg.seed-threshold", "a number", number)?;
-    let track_seed_threshold = props.get("instseg.track-seed-threshold", "a number", number)?;
+    let probability = |value: &str| number(value).filter(|n| (0.0..=1.0).contains(n));
+    let alpha = props.get("instseg.alpha", "a number >= 0", |value| {
+        number(value).filter(|n| *n >= 0.0)
+    })?;
+    let seed_threshold = props.get(
+        "instseg.seed-threshold",
+        "a seediness from 0 to 1",
+        probability,
+    )?;
+    let track_seed_threshold = props.get(
+        "instseg.track-seed-threshold",
+        "a seediness from 0 to 1",
+        probability,
+    )?;
     let overlaps = props.choice(
         "instseg.overlaps",
         &[
@@ -82,9 +126,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
             ("confident", Overlaps::Confident),
         ],
     )?;
-    let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", |value| {
-        number(value).filter(|n| (0.0..=1.0).contains(n))
-    })?;
+    let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", probability)?;
     let warm_order = props.choice(
         "instseg.warm-order",
         &[
@@ -124,6 +166,13 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
              export the class probabilities as [N, T, C+1, h, w]"
         ));
     };
+    if dim == 0 {
+        return Err(refused!(
+            model,
+            "output `embedding` has shape {embedding:?} with D = 0, expected at least one \
+             embedding channel [1, D, h, w]"
+        ));
+    }
     let default = if thresholds_meta.is_some() {
         ""
     } else {
@@ -135,9 +184,9 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         return Err(refused!(
             model,
             "output `classes` has shape {classes:?} with T = {num_thresholds}, but \
-             instseg.thresholds \"{}\"{default} has {} values: expected [1, {}, C+1, h, w]; \
+             instseg.thresholds {}{default} has {} values: expected [1, {}, C+1, h, w]; \
              make instseg.thresholds list one value per threshold of the network",
-            values.join(","),
+            quote(&values.join(",")),
             thresholds.len(),
             thresholds.len()
         ));
@@ -154,9 +203,9 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
             return Err(refused!(
                 model,
                 "output `classes` has shape {classes:?} with C+1 = {num_classes}, but \
-                 instseg.labels \"{}\" names {} classes: expected [1, T, {}, h, w]; make \
+                 instseg.labels {} names {} classes: expected [1, T, {}, h, w]; make \
                  instseg.labels list one name per class, background excluded",
-                labels.join(","),
+                quote(&labels.join(",")),
                 labels.len(),
                 labels.len() + 1
             ));
@@ -186,6 +235,15 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
             )
         })?;
 
+    let grid_pixels = u64::from(input_width / stride) * u64::from(input_height / stride);
+    if let Some(min_area) = min_area.filter(|&area| u64::from(area) > grid_pixels) {
+        return Err(refused!(
+            model,
+            "metadata instseg.min-area is {min_area}, more than the {grid_pixels} cells of the \
+             {width}x{height} output grid: no instance could ever be kept; lower it"
+        ));
+    }
+
     Ok(Contract {
         input_name,
         input_width,
@@ -196,8 +254,8 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         embedding_dim: dim,
         thresholds,
         labels,
-        mean: mean.unwrap_or([0.0; 3]),
-        std: std.unwrap_or([1.0; 3]),
+        mean,
+        std,
         resize: resize.unwrap_or(Resize::Letterbox),
         alpha,
         seed_threshold,
@@ -231,8 +289,9 @@ impl Props<'_> {
         parse(value.trim()).map(Some).ok_or_else(|| {
             refused!(
                 self.model,
-                "metadata {key} is \"{value}\", expected {expected}; fix it in the model's \
-                 metadata_props (or remove it to use the default)"
+                "metadata {key} is {}, expected {expected}; fix it in the model's \
+                 metadata_props (or remove it to use the default)",
+                quote(&value)
             )
         })
     }
@@ -247,6 +306,34 @@ impl Props<'_> {
                 .map(|&(_, choice)| choice)
         })
     }
+}
+
+/// `value` in quotes, cut to its first [`QUOTE_CHARS`] characters (with its length) when it
+/// is longer: a hostile file's megabyte of metadata does not belong in an error message.
+fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("\"{value}\""),
+        Some((end, _)) => format!("\"{}...\" ({} bytes)", &value[..end], value.len()),
+    }
+}
+
+/// Refuses a mean and std that take a black or white pixel out of the range a network can
+/// compute with (a huge mean, a tiny std).
+fn check_normalisation(model: &str, mean: [f32; 3], std: [f32; 3]) -> Result<(), ModelError> {
+    for (channel, (mean, std)) in ["R", "G", "B"].into_iter().zip(mean.into_iter().zip(std)) {
+        for pixel in [0.0f32, 1.0] {
+            let value = (pixel - mean) / std;
+            if value.is_nan() || value.abs() > MAX_NORMALISED {
+                return Err(refused!(
+                    model,
+                    "metadata instseg.mean {mean} and instseg.std {std} (channel {channel}) turn a \
+                     pixel of {pixel} into {value}, expected a value within +-{MAX_NORMALISED}; \
+                     give mean and std as fractions of 255 (e.g. 0.485 and 0.229)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_list<T: FromStr>(value: &str) -> Option<Vec<T>> {
@@ -278,6 +365,18 @@ fn check_declared(
     let dtype = input.dtype();
     let fixed = |dim: i64| u32::try_from(dim).ok().filter(|&dim| dim > 0);
     let valid = |dim: i64| dim == -1 || fixed(dim).is_some();
+    if let Some(shape) = dtype.tensor_shape()
+        && let [.., height, width] = shape[..]
+        && (height > i64::from(MAX_INPUT_SIDE) || width > i64::from(MAX_INPUT_SIDE))
+    {
+        return Err(refused!(
+            model,
+            "input `{}` is {dtype}: an input of {width}x{height} is larger than the \
+             {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} the element serves; export the network for a \
+             smaller input (or with a dynamic size and instseg.input-size)",
+            input.name()
+        ));
+    }
     let (width, height) = match dtype.tensor_shape().map(|shape| &shape[..]) {
         Some(&[batch, 3, height, width])
             if dtype.tensor_type() == Some(TensorElementType::Float32)

@@ -12,7 +12,7 @@ mod library;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use ort::ep::ExecutionProvider as _;
@@ -127,6 +127,21 @@ pub struct ModelOutputs {
     pub classes: Vec<f32>,
 }
 
+impl ModelOutputs {
+    /// The share of output values that are NaN or infinite (such pixels are never seeds nor
+    /// inside a mask: a model whose outputs are mostly so finds nothing).
+    pub fn non_finite_share(&self) -> f64 {
+        let total = self.embedding.len() + self.classes.len();
+        if total == 0 {
+            return 0.0;
+        }
+        let non_finite = (self.embedding.iter().chain(&self.classes))
+            .filter(|value| !value.is_finite())
+            .count();
+        non_finite as f64 / total as f64
+    }
+}
+
 /// Why a model cannot be loaded or run. Every message says what was found, what was
 /// expected and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +150,9 @@ pub enum ModelError {
     Runtime(String),
     /// An explicitly requested execution provider could not start.
     Provider(String),
-    /// The model file is missing, unreadable or not an ONNX model.
+    /// The model file does not exist.
+    NotFound(String),
+    /// The model file is unreadable, not a regular file or not an ONNX model.
     File(String),
     /// The model does not follow the instseg contract.
     Contract(String),
@@ -148,6 +165,7 @@ impl fmt::Display for ModelError {
         match self {
             Self::Runtime(message)
             | Self::Provider(message)
+            | Self::NotFound(message)
             | Self::File(message)
             | Self::Contract(message)
             | Self::Inference(message) => f.write_str(message),
@@ -175,8 +193,13 @@ impl fmt::Display for ModelId {
 
 type CacheKey = (ModelId, SessionOptions);
 
-/// Sessions alive anywhere in the process, so element instances share them.
-static CACHE: LazyLock<Mutex<HashMap<CacheKey, Weak<Model>>>> = LazyLock::new(Default::default);
+/// One cache entry: its lock is held while that key's session loads, so that concurrent loads
+/// of one key start one session while other keys load in parallel.
+type CacheSlot = Arc<Mutex<Weak<Model>>>;
+
+/// Sessions alive anywhere in the process, so element instances share them. The map's lock is
+/// only held to find or add a slot, never while a model loads.
+static CACHE: LazyLock<Mutex<HashMap<CacheKey, CacheSlot>>> = LazyLock::new(Default::default);
 
 /// A validated ONNX Runtime session for one model; shared between element instances.
 #[derive(Debug)]
@@ -195,23 +218,27 @@ impl Model {
     pub fn load(source: &ModelSource, options: &SessionOptions) -> Result<Arc<Model>, ModelError> {
         let runtime = library::runtime()?;
         let id = match source {
-            ModelSource::File(path) => ModelId::File(path.canonicalize().map_err(|err| {
-                ModelError::File(format!(
-                    "cannot open model file {}: {err}; give the path of an existing ONNX file",
-                    path.display()
-                ))
-            })?),
+            ModelSource::File(path) => ModelId::File(regular_file(path)?),
             ModelSource::Embedded { name, .. } => ModelId::Embedded(name),
         };
         let key = (id, options.clone());
-        // Held while loading, so that concurrent loads of one key start one session.
-        let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(model) = cache.get(&key).and_then(Weak::upgrade) {
+        let slot = {
+            let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+            // Drop the entries of unloaded models nobody is loading.
+            cache.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot
+                        .try_lock()
+                        .map_or(true, |model| model.strong_count() > 0)
+            });
+            Arc::clone(cache.entry(key.clone()).or_default())
+        };
+        let mut loaded = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(model) = loaded.upgrade() {
             return Ok(model);
         }
         let model = Arc::new(Self::start(runtime, source, key.0.to_string(), options)?);
-        cache.retain(|_, model| model.strong_count() > 0);
-        cache.insert(key, Arc::downgrade(&model));
+        *loaded = Arc::downgrade(&model);
         Ok(model)
     }
 
@@ -315,6 +342,43 @@ impl Model {
     }
 }
 
+/// The canonical path of a model file, refusing anything that is not a regular file (a FIFO
+/// or a device would block or never end inside ONNX Runtime's read).
+fn regular_file(path: &Path) -> Result<PathBuf, ModelError> {
+    let cannot_open = |err: std::io::Error| {
+        let message = format!(
+            "cannot open model file {}: {err}; give the path of an existing ONNX file",
+            path.display()
+        );
+        if err.kind() == std::io::ErrorKind::NotFound {
+            ModelError::NotFound(message)
+        } else {
+            ModelError::File(message)
+        }
+    };
+    let canonical = path.canonicalize().map_err(cannot_open)?;
+    let file_type = std::fs::metadata(&canonical)
+        .map_err(cannot_open)?
+        .file_type();
+    if !file_type.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_char_device() || file_type.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(ModelError::File(format!(
+            "model file {} is {kind}; give the path of an ONNX file",
+            path.display()
+        )));
+    }
+    Ok(canonical)
+}
+
 /// Starts a session on `provider` (CPU: ONNX Runtime's default). Failures of a GPU provider
 /// are [`ModelError::Provider`], so that `auto` can fall back.
 fn start_session(
@@ -394,4 +458,33 @@ fn start_session(
             provider_error(err.to_string())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs ONNX Runtime, found as the element finds it (the test command's virtualenv).
+    #[test]
+    fn a_load_that_never_ends_blocks_no_other_model() {
+        let hung = (ModelId::Embedded("hung"), SessionOptions::default());
+        let slot = Arc::clone(
+            CACHE
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(hung)
+                .or_default(),
+        );
+        // What a load stuck in ONNX Runtime's file open holds.
+        let _loading = slot.lock().unwrap();
+        let colour = ModelSource::File(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/colour.onnx"),
+        );
+        let options = SessionOptions {
+            provider: ExecutionProvider::Cpu,
+            ..SessionOptions::default()
+        };
+        let model = Model::load(&colour, &options).expect("loads beside the stuck one");
+        assert_eq!(model.contract().labels, ["red", "green", "blue"]);
+    }
 }

@@ -1,2 +1,3 @@
 pub mod element;
+pub mod onnx_meta;
 pub mod synthetic;
