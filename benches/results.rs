@@ -4,7 +4,7 @@
 //! (a run boundary at almost every cell).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gstinstseg::results::{FrameRecord, InstanceRecord, MaskGeometry, write_frame};
+use gstinstseg::results::{FrameInstance, FrameResult, MaskGeometry, write_frame};
 
 const GRID: u32 = 64;
 const INSTANCES: u8 = 20;
@@ -43,32 +43,32 @@ fn bench_write_frame(c: &mut Criterion) {
         frame_width: 1280,
         frame_height: 720,
     };
-    let instances: Vec<InstanceRecord> = (1..=INSTANCES)
-        .map(|region| InstanceRecord {
+    let instances: Vec<FrameInstance> = (1..=INSTANCES)
+        .map(|region| FrameInstance {
             region,
             track_id: u64::from(region),
             class_id: 1,
-            label: "object",
-            score: 0.9,
+            label: "object".into(),
+            confidence: 0.9,
+            threshold: 0.5,
             bbox: [0, 0, 1280, 720],
             seed: [640, 360],
+            area: 1,
+            age: 0,
         })
         .collect();
-    let record = FrameRecord {
-        frame: 0,
-        pts: Some(0),
-        width: 1280,
-        height: 720,
-        carried: false,
-        instances: &instances,
-    };
     let mut group = c.benchmark_group("write_frame/1280x720-grid64-20");
     for (name, labels) in [("blobs", blobs()), ("noise", noise())] {
+        let result = FrameResult {
+            labels,
+            geometry,
+            instances: instances.clone(),
+        };
         let (mut line, mut scratch) = (Vec::new(), Vec::new());
         group.bench_function(name, |b| {
             b.iter(|| {
                 line.clear();
-                write_frame(&mut line, &record, &labels, &geometry, &mut scratch).unwrap();
+                write_frame(&mut line, 0, Some(0), false, &result, &mut scratch).unwrap();
                 line.len()
             })
         });

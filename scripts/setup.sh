@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what instseg needs to build and test, skipping what is already there:
-# Debian/Ubuntu packages (GStreamer, PyGObject), a Rust toolchain, and a local Python venv
+# Debian/Ubuntu packages (GStreamer with the decoders of common files, PyGObject), a Rust toolchain, and a local Python venv
 # (.venv) with ONNX Runtime, the training package and the test tools. Safe to re-run.
 # `--runtime` skips PyTorch (the training toolkit's 5 GB), for running the element only.
 set -euo pipefail
@@ -11,7 +11,7 @@ runtime_only=false
 packages=(
   build-essential pkg-config curl ca-certificates
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
-  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-libav
   python3 python3-venv python3-gi python3-gst-1.0
 )
 missing=()

@@ -15,7 +15,7 @@ data=${1:-target/shapes-data}
 python -m instseg_train.coco --out "$data" --seed 0 --train 0 --val 200 --test 200 --clips 10
 time python -m instseg_train.train --data "$data" --generate 4000 --generate-clips 200 --out "$data/default.onnx" \
     --steps 15000 --batch 8 --pairs 2 --seed 0 --workers 1 --device cpu --seed-threshold 0.8 --alpha 0 --overlaps confident \
-    --max-overlap 0.5 --warm-seed seed-like --track-seed-threshold 0.3 --rematch on --warm-order match \
+    --max-overlap 0.5 --track-seed-threshold 0.3 \
     --output-stride 1 --lr 4e-3 --precision auto --cache --min-area 16
 cp "$data/default.onnx" models/default.onnx
 cargo build --quiet --release --lib

@@ -18,7 +18,7 @@ pub mod preprocess;
 pub mod results;
 pub mod segment;
 
-pub use instseg::{ExecutionProvider, Overlaps, Overlay, Rematch, WarmOrder, WarmSeed};
+pub use instseg::{ExecutionProvider, Overlay};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     meta::register();

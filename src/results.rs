@@ -34,6 +34,11 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
+use crate::preprocess::Placement;
+use crate::segment::Segmentation;
+
 /// How the label map sits on the frame: a `grid_width` x `grid_height` grid stretched over
 /// the rectangle (`rect_x`, `rect_y`, `rect_width`, `rect_height`) of a `frame_width` x
 /// `frame_height` frame, all in frame pixels.
@@ -329,97 +334,227 @@ fn compress_counts(counts: &[u32]) -> String {
     text
 }
 
-/// One instance of a frame's JSON line, in frame pixels.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InstanceRecord<'a> {
-    /// Value of the instance in the label map; its mask is encoded from it, not written.
+/// One instance in frame pixels, as the metadata, the overlay and the JSON line give it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameInstance {
+    /// Value of the instance in the label map.
     pub region: u8,
     pub track_id: u64,
     pub class_id: u32,
-    pub label: &'a str,
-    pub score: f64,
-    /// x, y, width, height.
+    pub label: String,
+    pub confidence: f64,
+    /// tau, the threshold that defined the mask.
+    pub threshold: f64,
+    /// x, y, width, height of the exclusive mask's box.
     pub bbox: [u32; 4],
     /// x, y.
     pub seed: [u32; 2],
+    /// Label-map cells of the exclusive mask inside the picture.
+    pub area: u32,
+    /// Frames since the track was born.
+    pub age: u32,
 }
 
-/// One frame's JSON line.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrameRecord<'a> {
-    /// Index of the frame, from 0.
-    pub frame: u64,
-    /// Presentation timestamp in nanoseconds.
-    pub pts: Option<u64>,
-    pub width: u32,
-    pub height: u32,
-    /// The instances repeat the last inferred frame's (inference was skipped on this one).
-    pub carried: bool,
-    pub instances: &'a [InstanceRecord<'a>],
+/// Where the picture lies on the output grid: the grid cells whose centre falls on the
+/// picture, letterbox padding excluded (x, y, width, height in cells; never empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GridCrop {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
 }
 
-/// Writes the `results-location` line of a frame (SPEC section 5): one JSON object and a
-/// newline,
-/// `{"frame", "pts" (ns or null), "width", "height", "carried", "instances": [{"track_id", "class_id",
-/// "label", "score", "bbox" [x, y, w, h], "seed" [x, y], "mask": {"size" [height, width],
-/// "counts"}}]}`, with each mask encoded by [`encode_rle`] from `labels`.
-///
-/// `score` is written at f32 precision (the model's probabilities are f32), as the shortest
-/// text that reads back to the same f32; a score that is not finite there is written as
-/// `null`, so the line is always valid JSON. Labels are escaped as JSON strings.
-///
-/// The object is written in many small pieces and not flushed: give a buffered writer.
+impl GridCrop {
+    /// The crop of a `grid_width` x `grid_height` output grid at integer `stride` whose input
+    /// holds the picture at `placement`, and how the cropped label map sits on the frame.
+    pub fn of(
+        placement: &Placement,
+        stride: u32,
+        grid_width: u32,
+        grid_height: u32,
+        frame_width: u32,
+        frame_height: u32,
+    ) -> (GridCrop, MaskGeometry) {
+        let stride = f64::from(stride);
+        let cells = |start: u32, len: u32, grid: u32| {
+            let first = (f64::from(start) / stride - 0.5).ceil().max(0.0) as u32;
+            let end = (f64::from(start + len) / stride - 0.5).ceil() as u32;
+            let first = first.min(grid - 1);
+            (
+                first as usize,
+                end.clamp(first + 1, grid) as usize - first as usize,
+            )
+        };
+        let (x, width) = cells(placement.x, placement.width, grid_width);
+        let (y, height) = cells(placement.y, placement.height, grid_height);
+        let geometry = MaskGeometry {
+            grid_width: width as u32,
+            grid_height: height as u32,
+            rect_x: 0,
+            rect_y: 0,
+            rect_width: frame_width,
+            rect_height: frame_height,
+            frame_width,
+            frame_height,
+        };
+        (
+            GridCrop {
+                x,
+                y,
+                width,
+                height,
+            },
+            geometry,
+        )
+    }
+}
+
+/// One inferred frame's result in frame pixels: the label map cropped to the picture and the
+/// instances, in acceptance order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameResult {
+    /// `geometry.grid_width` x `geometry.grid_height`, row-major; 0 is background.
+    pub labels: Vec<u8>,
+    pub geometry: MaskGeometry,
+    pub instances: Vec<FrameInstance>,
+}
+
+impl FrameResult {
+    /// Crops the label map of `segmentation` to `crop` and maps every instance through
+    /// `geometry` to frame pixels; `class_names` names class ids 1..=C.
+    pub fn new(
+        segmentation: &Segmentation,
+        crop: GridCrop,
+        geometry: MaskGeometry,
+        class_names: &[String],
+    ) -> FrameResult {
+        let mut labels = Vec::with_capacity(crop.width * crop.height);
+        for row in segmentation.labels[crop.y * segmentation.width..]
+            .chunks_exact(segmentation.width)
+            .take(crop.height)
+        {
+            labels.extend_from_slice(&row[crop.x..crop.x + crop.width]);
+        }
+        let mut areas = [0u32; 256];
+        for &label in &labels {
+            areas[usize::from(label)] += 1;
+        }
+        // A grid span, clipped to the crop, relative to it.
+        let clip = |start: u32, len: u32, offset: usize, size: usize| {
+            let first = (start as usize).clamp(offset, offset + size) - offset;
+            let last = ((start + len) as usize).clamp(offset, offset + size) - offset;
+            (first as u32, last as u32)
+        };
+        let instances = segmentation
+            .instances
+            .iter()
+            .map(|instance| {
+                let (gx0, gx1) = clip(instance.bbox.x, instance.bbox.width, crop.x, crop.width);
+                let (gy0, gy1) = clip(instance.bbox.y, instance.bbox.height, crop.y, crop.height);
+                let (x0, x1) = geometry.column_span(gx0, gx1);
+                let (y0, y1) = geometry.row_span(gy0, gy1);
+                let seed_x = (instance.seed.x as usize).clamp(crop.x, crop.x + crop.width - 1);
+                let seed_y = (instance.seed.y as usize).clamp(crop.y, crop.y + crop.height - 1);
+                let (seed_x, seed_y) =
+                    geometry.cell_center((seed_x - crop.x) as u32, (seed_y - crop.y) as u32);
+                FrameInstance {
+                    region: instance.region,
+                    track_id: instance.track_id,
+                    class_id: instance.class_id,
+                    label: class_names
+                        .get(instance.class_id as usize - 1)
+                        .cloned()
+                        .unwrap_or_default(),
+                    confidence: f64::from(instance.confidence),
+                    threshold: instance.threshold,
+                    bbox: [x0, y0, x1 - x0, y1 - y0],
+                    seed: [seed_x, seed_y],
+                    area: areas[usize::from(instance.region)],
+                    age: instance.age,
+                }
+            })
+            .collect();
+        FrameResult {
+            labels,
+            geometry,
+            instances,
+        }
+    }
+}
+
+/// A frame's JSON line (see [`write_frame`]).
+#[derive(Serialize)]
+struct FrameLine<'a> {
+    frame: u64,
+    pts: Option<u64>,
+    width: u32,
+    height: u32,
+    carried: bool,
+    instances: Vec<InstanceLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct InstanceLine<'a> {
+    track_id: u64,
+    class_id: u32,
+    label: &'a str,
+    /// At f32 precision, the model's; serde_json writes a non-finite one as `null`.
+    score: f32,
+    bbox: [u32; 4],
+    seed: [u32; 2],
+    mask: MaskLine,
+}
+
+#[derive(Serialize)]
+struct MaskLine {
+    /// Height, width.
+    size: [u32; 2],
+    /// COCO compressed RLE.
+    counts: String,
+}
+
+/// Writes the `results-location` line of frame number `frame` (docs/results.md): one JSON
+/// object and a newline, each mask encoded by [`encode_rle`] at frame resolution. `carried`:
+/// the result repeats the last inferred frame's.
 ///
 /// # Panics
 ///
-/// As [`encode_rle`], and when the record's size differs from the geometry's frame.
+/// As [`encode_rle`].
 pub fn write_frame<W: Write>(
     out: &mut W,
-    record: &FrameRecord,
-    labels: &[u8],
-    geometry: &MaskGeometry,
+    frame: u64,
+    pts: Option<u64>,
+    carried: bool,
+    result: &FrameResult,
     scratch: &mut Vec<u32>,
 ) -> io::Result<()> {
-    assert_eq!(
-        (record.width, record.height),
-        (geometry.frame_width, geometry.frame_height),
-        "frame record size differs from the mask geometry"
-    );
-    write!(out, r#"{{"frame":{},"pts":"#, record.frame)?;
-    match record.pts {
-        Some(pts) => write!(out, "{pts}")?,
-        None => out.write_all(b"null")?,
-    }
-    write!(
-        out,
-        r#","width":{},"height":{},"carried":{},"instances":["#,
-        record.width, record.height, record.carried
-    )?;
-    for (index, instance) in record.instances.iter().enumerate() {
-        if index > 0 {
-            out.write_all(b",")?;
-        }
-        write!(
-            out,
-            r#"{{"track_id":{},"class_id":{},"label":"#,
-            instance.track_id, instance.class_id
-        )?;
-        serde_json::to_writer(&mut *out, instance.label)?;
-        out.write_all(br#","score":"#)?;
-        serde_json::to_writer(&mut *out, &(instance.score as f32))?;
-        let [x, y, width, height] = instance.bbox;
-        let [seed_x, seed_y] = instance.seed;
-        write!(
-            out,
-            r#","bbox":[{x},{y},{width},{height}],"seed":[{seed_x},{seed_y}],"mask":{{"size":[{},{}],"counts":"#,
-            record.height, record.width
-        )?;
-        // The RLE alphabet includes the backslash: the string needs JSON escaping too.
-        let counts = encode_rle(labels, instance.region, geometry, scratch);
-        serde_json::to_writer(&mut *out, &counts)?;
-        out.write_all(b"}}")?;
-    }
-    out.write_all(b"]}\n")
+    let geometry = &result.geometry;
+    let line = FrameLine {
+        frame,
+        pts,
+        width: geometry.frame_width,
+        height: geometry.frame_height,
+        carried,
+        instances: result
+            .instances
+            .iter()
+            .map(|instance| InstanceLine {
+                track_id: instance.track_id,
+                class_id: instance.class_id,
+                label: &instance.label,
+                score: instance.confidence as f32,
+                bbox: instance.bbox,
+                seed: instance.seed,
+                mask: MaskLine {
+                    size: [geometry.frame_height, geometry.frame_width],
+                    counts: encode_rle(&result.labels, instance.region, geometry, scratch),
+                },
+            })
+            .collect(),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
 }
 
 /// The `results-location` file. Each frame's line is written through to the file in one
@@ -451,12 +586,20 @@ impl ResultsFile {
     /// Writes one frame's line (see [`write_frame`]).
     pub fn write(
         &mut self,
-        record: &FrameRecord,
-        labels: &[u8],
-        geometry: &MaskGeometry,
+        frame: u64,
+        pts: Option<u64>,
+        carried: bool,
+        result: &FrameResult,
     ) -> io::Result<()> {
         self.line.clear();
-        write_frame(&mut self.line, record, labels, geometry, &mut self.scratch)?;
+        write_frame(
+            &mut self.line,
+            frame,
+            pts,
+            carried,
+            result,
+            &mut self.scratch,
+        )?;
         self.file.write_all(&self.line)
     }
 }
@@ -768,41 +911,42 @@ mod tests {
         }
     }
 
+    fn instance(region: u8, track_id: u64, label: &str, confidence: f64) -> FrameInstance {
+        FrameInstance {
+            region,
+            track_id,
+            class_id: 3,
+            label: label.into(),
+            confidence,
+            threshold: 0.5,
+            bbox: [0, 1, 2, 1],
+            seed: [1, 1],
+            area: 1,
+            age: 0,
+        }
+    }
+
     #[test]
     fn frame_line_is_json_with_every_field() {
-        let geometry = geometry((2, 2), (0, 1, 4, 2), (4, 4));
-        let labels = [1, 0, 0, 2];
-        let instances = [
-            InstanceRecord {
-                region: 1,
-                track_id: 7,
-                class_id: 3,
-                label: "cat \"tabby\" \\ 1",
-                score: 0.875,
-                bbox: [0, 1, 2, 1],
-                seed: [1, 1],
-            },
-            InstanceRecord {
-                region: 2,
-                track_id: u64::MAX,
-                class_id: 1,
-                label: "dog",
-                score: f64::NAN,
-                bbox: [2, 2, 2, 1],
-                seed: [3, 2],
-            },
-        ];
-        let record = FrameRecord {
-            frame: 12,
-            pts: Some(400_000_000),
-            width: 4,
-            height: 4,
-            carried: false,
-            instances: &instances,
+        let result = FrameResult {
+            labels: vec![1, 0, 0, 2],
+            geometry: geometry((2, 2), (0, 1, 4, 2), (4, 4)),
+            instances: vec![
+                instance(1, 7, "cat \"tabby\" \\ 1", 0.875),
+                instance(2, u64::MAX, "dog", f64::NAN),
+            ],
         };
         let mut line = Vec::new();
         let mut scratch = Vec::new();
-        write_frame(&mut line, &record, &labels, &geometry, &mut scratch).unwrap();
+        write_frame(
+            &mut line,
+            12,
+            Some(400_000_000),
+            false,
+            &result,
+            &mut scratch,
+        )
+        .unwrap();
         assert_eq!(line.pop(), Some(b'\n'));
         assert!(!line.contains(&b'\n'));
         let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -814,7 +958,7 @@ mod tests {
         );
         let written = value["instances"].as_array().unwrap();
         assert_eq!(written.len(), 2);
-        for (json, instance) in written.iter().zip(&instances) {
+        for (json, instance) in written.iter().zip(&result.instances) {
             assert_eq!(json.as_object().unwrap().len(), 7, "{json}");
             assert_eq!(json["track_id"], instance.track_id);
             assert_eq!(json["class_id"], instance.class_id);
@@ -822,43 +966,41 @@ mod tests {
             assert_eq!(json["bbox"], serde_json::json!(instance.bbox));
             assert_eq!(json["seed"], serde_json::json!(instance.seed));
             assert_eq!(json["mask"]["size"], serde_json::json!([4, 4]));
-            let counts = encode_rle(&labels, instance.region, &geometry, &mut scratch);
+            let counts = encode_rle(
+                &result.labels,
+                instance.region,
+                &result.geometry,
+                &mut scratch,
+            );
             assert_eq!(json["mask"]["counts"], counts);
         }
         assert_eq!(written[0]["score"], 0.875);
         assert!(written[1]["score"].is_null());
 
-        let empty = FrameRecord {
-            pts: None,
-            carried: false,
-            instances: &[],
-            ..record
+        let empty = FrameResult {
+            instances: Vec::new(),
+            ..result
         };
         let mut line = Vec::new();
-        write_frame(&mut line, &empty, &labels, &geometry, &mut scratch).unwrap();
+        write_frame(&mut line, 12, None, true, &empty, &mut scratch).unwrap();
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "{\"frame\":12,\"pts\":null,\"width\":4,\"height\":4,\"carried\":false,\"instances\":[]}\n"
+            "{\"frame\":12,\"pts\":null,\"width\":4,\"height\":4,\"carried\":true,\"instances\":[]}\n"
         );
     }
 
     #[test]
     fn results_file_lines_are_on_disk_at_once_and_a_full_disk_fails_the_first_frame() {
-        let geometry = identity(2, 2);
-        let record = FrameRecord {
-            frame: 0,
-            pts: Some(5),
-            width: 2,
-            height: 2,
-            carried: false,
-            instances: &[],
+        let result = FrameResult {
+            labels: vec![0; 4],
+            geometry: identity(2, 2),
+            instances: Vec::new(),
         };
         let path =
             std::env::temp_dir().join(format!("instseg-results-{}.jsonl", std::process::id()));
         let mut file = ResultsFile::create(&path).unwrap();
         for frame in 0..3 {
-            file.write(&FrameRecord { frame, ..record }, &[0; 4], &geometry)
-                .unwrap();
+            file.write(frame, Some(5), false, &result).unwrap();
             // Read back while the file is still open: nothing waits in a buffer.
             let text = std::fs::read_to_string(&path).unwrap();
             assert_eq!(text.lines().count(), frame as usize + 1, "{text}");
@@ -867,7 +1009,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
 
         let mut full = ResultsFile::create(Path::new("/dev/full")).unwrap();
-        let error = full.write(&record, &[0; 4], &geometry).unwrap_err();
+        let error = full.write(0, None, false, &result).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
     }
 }

@@ -467,9 +467,10 @@ fn overlaps_go_to_the_nearest_seed_or_to_the_most_confident_instance() {
             }
         }
     }
+    // `overlaps`: the override's entry, empty for the model's own choice.
     let owner_of_middle_band = |overlaps: &str| {
         let mut h = gst_check::Harness::new_parse(&format!(
-            "instseg model-location={} alpha=0 min-area=1 overlaps={overlaps}",
+            "instseg model-location={} overrides=\"overrides,alpha=0.0,min-area=1{overlaps}\"",
             fixture("colour.onnx")
         ));
         h.play();
@@ -482,12 +483,15 @@ fn overlaps_go_to_the_nearest_seed_or_to_the_most_confident_instance() {
         let seed_row = |x, y| result.instance_at(x, y, width, height).map(|i| i.seed[1]);
         (seed_row(5, 5), seed_row(5, 24), seed_row(5, 40))
     };
-    let (bright, middle, dark) = owner_of_middle_band("nearest");
+    let (bright, middle, dark) = owner_of_middle_band(",overlaps=nearest");
     assert!(bright.is_some() && dark.is_some() && bright != dark);
     assert_eq!(middle, dark);
-    // The colour model recommends nothing: auto is section 2's nearest seed.
-    assert_eq!(owner_of_middle_band("auto"), (bright, middle, dark));
-    assert_eq!(owner_of_middle_band("confident"), (bright, bright, dark));
+    // The colour model recommends nothing: the paper's nearest seed.
+    assert_eq!(owner_of_middle_band(""), (bright, middle, dark));
+    assert_eq!(
+        owner_of_middle_band(",overlaps=confident"),
+        (bright, bright, dark)
+    );
 }
 
 /// GLib checks each value against the property's range; the bindings turn a refusal into a
@@ -501,11 +505,9 @@ fn bad_property_values_are_refused_and_leave_the_setting_alone() {
     for (name, value) in [
         ("max-instances", 0u32.to_value()),
         ("max-instances", 256u32.to_value()),
-        ("match-similarity", 1.5f64.to_value()),
         ("seed-threshold", 2.0f64.to_value()),
-        ("track-seed-threshold", 1.5f64.to_value()),
-        ("max-overlap", 1.5f64.to_value()),
-        ("min-area", (-5i32).to_value()),
+        ("overlay-alpha", 1.5f64.to_value()),
+        ("inference-interval", 0u32.to_value()),
     ] {
         let before = element.property_value(name);
         let set = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -612,4 +614,71 @@ fn late_frames_skip_inference_instead_of_being_dropped() {
     assert_eq!(flags, [true, true, true]);
     let (_, on_time) = frame(100);
     assert!(!carried(&h.push_and_pull(on_time).unwrap()));
+}
+
+/// The `overrides` property replaces the model's metadata for this element only, checked at
+/// start as the file's values are.
+#[test]
+fn overrides_replace_the_models_metadata() {
+    let mut h = harness(
+        "RGB",
+        "overrides=\"overrides,labels=(string)\\\"rot,gruen,blau\\\"\"",
+    );
+    let (width, height) = (64, 64);
+    let result = push_shapes(&mut h, width, height, &shapes(width, height));
+    let labels: BTreeSet<&str> = result.instances.iter().map(|i| i.label.as_str()).collect();
+    assert_eq!(labels, BTreeSet::from(["rot", "gruen", "blau"]));
+
+    let error = run_pipeline(&format!(
+        "model-location={} overrides=\"overrides,min-area=5000\"",
+        fixture("colour.onnx")
+    ))
+    .expect("refused");
+    assert!(
+        error.contains("instseg.min-area 5000 is more than the 4096 cells"),
+        "{error}"
+    );
+    let error = run_pipeline(&format!(
+        "model-location={} overrides=\"overrides,alhpa=0.3\"",
+        fixture("colour.onnx")
+    ))
+    .expect("refused");
+    assert!(error.contains("override \"alhpa\" is not a key"), "{error}");
+}
+
+/// A real file: an H.264 MP4 (`tests/fixtures/red_ball_h264.mp4`, 30 frames of a red ball on
+/// black, made with x264enc) decoded by decodebin (gstreamer1.0-libav) and segmented.
+#[test]
+fn an_h264_clip_is_decoded_and_segmented() {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! instseg model-location={} ! \
+         appsink name=sink sync=false",
+        fixture("red_ball_h264.mp4"),
+        fixture("colour.onnx")
+    ))
+    .expect("pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let sink = pipeline
+        .by_name("sink")
+        .expect("appsink")
+        .downcast::<gst_app::AppSink>()
+        .expect("an appsink");
+    pipeline.set_state(gst::State::Playing).expect("playing");
+    let mut frames = 0;
+    let mut with_ball = 0;
+    while let Ok(sample) = sink.pull_sample() {
+        let result = MetaResult::read(sample.buffer().expect("a buffer"));
+        frames += 1;
+        if result.instances.iter().any(|i| i.label == "red") {
+            with_ball += 1;
+        }
+    }
+    pipeline.set_state(gst::State::Null).expect("to NULL");
+    assert_eq!(frames, 30);
+    assert!(
+        with_ball >= 28,
+        "the ball was found on {with_ball} of 30 frames"
+    );
 }

@@ -11,7 +11,7 @@ use gstinstseg::model::{
     ActiveProvider, ExecutionProvider, Model, ModelError, ModelOutputs, ModelSource, Resize,
     SessionOptions,
 };
-use gstinstseg::segment::{Overlaps, WarmOrder, WarmSeed};
+use gstinstseg::segment::Overlaps;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -61,10 +61,9 @@ fn colour_model_contract() {
     assert_eq!(contract.min_area, Some(4));
     assert_eq!(contract.track_seed_threshold, None);
     assert_eq!(contract.overlaps, None);
-    assert_eq!(contract.warm_seed, None);
     assert_eq!(contract.max_overlap, None);
-    assert_eq!(contract.rematch, None);
-    assert_eq!(contract.warm_order, None);
+    assert_eq!(contract.match_similarity, None);
+    assert_eq!(contract.search_radius, None);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -74,8 +73,7 @@ fn colour_model_contract() {
 }
 
 /// The shipped default model carries its recommended post-processing, the element's
-/// extensions included (track-seed-threshold, overlaps, max-overlap, warm-seed, warm-order,
-/// rematch: see the model card).
+/// extensions included (track-seed-threshold, overlaps, max-overlap: see the model card).
 #[test]
 fn default_model_recommends_its_post_processing() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.onnx");
@@ -87,10 +85,7 @@ fn default_model_recommends_its_post_processing() {
     assert_eq!(contract.min_area, Some(16));
     assert_eq!(contract.track_seed_threshold, Some(0.3));
     assert_eq!(contract.overlaps, Some(Overlaps::Confident));
-    assert_eq!(contract.warm_seed, Some(WarmSeed::SeedLike));
     assert_eq!(contract.max_overlap, Some(0.5));
-    assert_eq!(contract.rematch, Some(true));
-    assert_eq!(contract.warm_order, Some(WarmOrder::Match));
 }
 
 #[test]
@@ -329,24 +324,6 @@ fn invalid_metadata_is_refused_naming_the_key() {
             "instseg.max-overlap is \"1.5\"",
         ),
         (
-            "rematch",
-            b"rematch\x12\x02on",
-            b"rematch\x12\x02ok",
-            "instseg.rematch is \"ok\"",
-        ),
-        (
-            "warm-order",
-            b"warm-order\x12\x05match",
-            b"warm-order\x12\x05mitch",
-            "instseg.warm-order is \"mitch\"",
-        ),
-        (
-            "warm-seed",
-            b"warm-seed\x12\x09seed-like",
-            b"warm-seed\x12\x09seed_like",
-            "instseg.warm-seed is \"seed_like\"",
-        ),
-        (
             "version",
             b"contract\x12\x011",
             b"contract\x12\x012",
@@ -355,15 +332,7 @@ fn invalid_metadata_is_refused_naming_the_key() {
     ];
     for (name, from, to, needle) in cases {
         // The colour fixture leaves out the element's extensions; the default model has them.
-        let model: &[u8] = if [
-            "overlaps",
-            "max-overlap",
-            "warm-seed",
-            "warm-order",
-            "rematch",
-        ]
-        .contains(&name)
-        {
+        let model: &[u8] = if ["overlaps", "max-overlap"].contains(&name) {
             include_bytes!("../models/default.onnx")
         } else {
             include_bytes!("fixtures/colour.onnx")
@@ -422,5 +391,49 @@ fn wrong_runtime_library_is_an_error() {
             line.contains(&format!("ORT_DYLIB_PATH={BAD_PATH}")),
             "{line}"
         );
+    }
+}
+
+#[test]
+fn overrides_replace_the_files_values_and_are_checked_as_they_are() {
+    let with = |overrides: &[(&str, &str)]| SessionOptions {
+        overrides: overrides
+            .iter()
+            .map(|&(key, value)| (key.to_owned(), value.to_owned()))
+            .collect(),
+        ..cpu()
+    };
+    let model = load(
+        "colour.onnx",
+        &with(&[
+            ("alpha", "0.7"),
+            ("min-area", "8"),
+            ("overlaps", "confident"),
+        ]),
+    )
+    .unwrap();
+    let contract = model.contract();
+    assert_eq!(contract.alpha, Some(0.7));
+    assert_eq!(contract.min_area, Some(8));
+    assert_eq!(contract.overlaps, Some(Overlaps::Confident));
+    assert_eq!(contract.seed_threshold, Some(0.5), "the file's value");
+    let params = contract.params();
+    assert_eq!((params.alpha, params.min_area), (0.7, 8));
+    // Another set of overrides is another model; none is the file's own.
+    let plain = load("colour.onnx", &cpu()).unwrap();
+    assert!(!Arc::ptr_eq(&model, &plain));
+    assert_eq!(plain.contract().alpha, Some(0.3));
+
+    for (overrides, needle) in [
+        (&[("alpha", "-1")][..], "override instseg.alpha is \"-1\""),
+        (
+            &[("labels", "a,b")][..],
+            "instseg.labels \"a,b\" names 2 classes",
+        ),
+        (&[("alpah", "0.3")][..], "override \"alpah\" is not a key"),
+    ] {
+        let err = load("colour.onnx", &with(overrides)).unwrap_err();
+        assert!(matches!(err, ModelError::Contract(_)), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
     }
 }

@@ -6,9 +6,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use common::synthetic::{Blob, Scene};
-use gstinstseg::segment::{
-    OutputView, Params, Segmentation, Segmenter, TrackingParams, WarmOrder, WarmSeed,
-};
+use gstinstseg::segment::{OutputView, Params, Segmentation, Segmenter, TrackingParams};
 
 const SCENE: Scene = Scene {
     dim: 8,
@@ -411,14 +409,10 @@ fn a_weak_seed_whose_mask_would_spread_is_refused() {
 /// A 1x6 grid, D = 1: an object on pixels 0..3 in frame 0; in frame 1 its pixel 0 keeps the
 /// track's embedding but weakens to seediness 0.6, while pixels 1 and 2 reach 0.99 at squared
 /// distance 1 (sigma 0.54, over match-similarity 0.5). Returns the warm seed's column in frame 1.
-fn warm_seed_column(warm_seed: WarmSeed) -> u32 {
+fn warm_seed_column() -> u32 {
     let params = Params {
         thresholds: vec![0.5],
         min_area: 1,
-        tracking: TrackingParams {
-            warm_seed,
-            ..TrackingParams::default()
-        },
         ..Params::default()
     };
     let mut segmenter = Segmenter::new();
@@ -452,27 +446,21 @@ fn warm_seed_column(warm_seed: WarmSeed) -> u32 {
 }
 
 #[test]
-fn a_track_takes_the_best_balanced_or_the_most_seed_like_matching_pixel() {
-    // Section 3: ln 0.6 + ln 1 beats ln 0.99 + ln 0.54.
-    assert_eq!(warm_seed_column(WarmSeed::Balanced), 0);
-    // Seed-like: the strongest matching pixel, the first of the two tied ones.
-    assert_eq!(warm_seed_column(WarmSeed::SeedLike), 1);
+fn a_track_takes_the_most_seed_like_matching_pixel() {
+    // The strongest matching pixel, the first of the two tied ones: ln 0.99 + 0.1 ln 0.54
+    // beats ln 0.6 + 0.1 ln 1 (the best seediness times similarity would take pixel 0).
+    assert_eq!(warm_seed_column(), 1);
 }
 
 /// A 1x8 grid, D = 1: object A on pixels 0 and 1 (embedding 0, seediness 0.95) and object B
 /// on pixels 4 and 5 (1.2, 0.9) in frame 0. In frame 1 A is at -0.3 and weaker (0.85) while B
 /// drifts to 0.9 and strengthens (0.99): B's pixels now also reach match-similarity with A's
-/// track (d = 0.81), and seed-like prefers them. Returns the ids on A and on B in frame 1, and
-/// their tracks' ids from frame 0.
-fn crossing_ids(warm_order: WarmOrder) -> ([u64; 2], [u64; 2]) {
+/// track (d = 0.81), and a track takes its most seed-like match. Returns the ids on A and on B
+/// in frame 1, and their tracks' ids from frame 0.
+fn crossing_ids() -> ([u64; 2], [u64; 2]) {
     let params = Params {
         thresholds: vec![0.5],
         min_area: 1,
-        tracking: TrackingParams {
-            warm_seed: WarmSeed::SeedLike,
-            warm_order,
-            ..TrackingParams::default()
-        },
         ..Params::default()
     };
     let far = 10.0;
@@ -506,25 +494,18 @@ fn crossing_ids(warm_order: WarmOrder) -> ([u64; 2], [u64; 2]) {
 
 #[test]
 fn tracks_that_match_closest_take_their_seeds_first() {
-    // By confidence, A's track takes B (the more seed-like match) and A gets a new id.
-    let (now, before) = crossing_ids(WarmOrder::Confidence);
-    assert_eq!(now[1], before[0], "{now:?} {before:?}");
-    assert!(!before.contains(&now[0]), "{now:?} {before:?}");
-    // By match, B's track (d = 0.09) goes first and each object keeps its id.
-    let (now, before) = crossing_ids(WarmOrder::Match);
+    // By confidence A's track, the more confident, would go first and take B (its more
+    // seed-like match); by match, B's track (d = 0.09) goes first and each object keeps its id.
+    let (now, before) = crossing_ids();
     assert_eq!(now, before);
 }
 
 /// Ids of a moving object whose embedding jumps on frame 2 (from the MOVER's to the
 /// LEAVER's, far past match-similarity) and of a newcomer that appears far from it on that
-/// frame, with `rematch` off or on.
-fn run_drifting(rematch: bool) -> (Vec<Option<u64>>, Option<u64>) {
+/// frame.
+fn run_drifting() -> (Vec<Option<u64>>, Option<u64>) {
     let params = Params {
         thresholds: vec![0.5, 0.75],
-        tracking: TrackingParams {
-            rematch,
-            ..TrackingParams::default()
-        },
         ..Params::default()
     };
     let mut segmenter = Segmenter::new();
@@ -552,14 +533,9 @@ fn run_drifting(rematch: bool) -> (Vec<Option<u64>>, Option<u64>) {
 
 #[test]
 fn rematch_keeps_the_id_of_an_object_whose_embedding_jumped() {
-    // Section 3 as written: the jump starts a new track.
-    let (ids, _) = run_drifting(false);
-    assert!(ids.iter().all(Option::is_some), "{ids:?}");
-    assert_ne!(ids[1], ids[2], "{ids:?}");
-    assert_eq!(ids[2], ids[3], "{ids:?}");
-    // With rematch the new instance lies within the lost track's reach and takes its id,
-    // while the newcomer, far from any track, still starts its own.
-    let (ids, newcomer) = run_drifting(true);
+    // The jump leaves the track without a warm seed; the new instance lies within the lost
+    // track's reach and takes its id, while the newcomer, far from any track, starts its own.
+    let (ids, newcomer) = run_drifting();
     assert!(
         ids.iter().all(|id| *id == ids[0] && id.is_some()),
         "{ids:?}"

@@ -8,7 +8,7 @@ use ort::session::{ModelMetadata, Session};
 use ort::value::{TensorElementType, TensorRef};
 
 use super::{Contract, ModelError, Resize};
-use crate::segment::{Overlaps, WarmOrder, WarmSeed};
+use crate::segment::Overlaps;
 
 /// The longest side of a model input the element serves: a 4096x4096 input is already a
 /// 201 MB tensor, and a larger one only comes from a broken or hostile file.
@@ -28,13 +28,52 @@ macro_rules! refused {
     };
 }
 
+/// The `instseg.*` keys the contract reads, without their prefix.
+const KEYS: [&str; 15] = [
+    "contract",
+    "thresholds",
+    "labels",
+    "mean",
+    "std",
+    "input-size",
+    "resize",
+    "alpha",
+    "seed-threshold",
+    "track-seed-threshold",
+    "overlaps",
+    "max-overlap",
+    "min-area",
+    "match-similarity",
+    "search-radius",
+];
+
 /// Validates `session` and returns its contract; `model` names the file in errors.
-pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, ModelError> {
+/// `overrides` replace the values of the file's `instseg.*` keys (named without the prefix).
+pub(super) fn validate(
+    session: &mut Session,
+    model: &str,
+    overrides: &[(String, String)],
+) -> Result<Contract, ModelError> {
+    if let Some((key, _)) = overrides
+        .iter()
+        .find(|(key, _)| !KEYS.contains(&key.as_str()))
+    {
+        return Err(refused!(
+            model,
+            "override {} is not a key of the contract; the keys are {}",
+            quote(key),
+            KEYS.join(", ")
+        ));
+    }
     let (input_name, fixed_width, fixed_height) = check_declared(session, model)?;
     let metadata = session.metadata().map_err(|err| {
         ModelError::File(format!("model {model}: cannot read its metadata: {err}"))
     })?;
-    let props = Props { model, metadata };
+    let props = Props {
+        model,
+        metadata,
+        overrides,
+    };
     let contract_version = props.get(
         "instseg.contract",
         "1, the only contract version known",
@@ -127,21 +166,17 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         ],
     )?;
     let max_overlap = props.get("instseg.max-overlap", "a number from 0 to 1", probability)?;
-    let warm_order = props.choice(
-        "instseg.warm-order",
-        &[
-            ("confidence", WarmOrder::Confidence),
-            ("match", WarmOrder::Match),
-        ],
+    let match_similarity = props.get(
+        "instseg.match-similarity",
+        "a similarity above 0, at most 1",
+        |value| number(value).filter(|n| *n > 0.0 && *n <= 1.0),
     )?;
-    let rematch = props.choice("instseg.rematch", &[("on", true), ("off", false)])?;
-    let warm_seed = props.choice(
-        "instseg.warm-seed",
-        &[
-            ("balanced", WarmSeed::Balanced),
-            ("seed-like", WarmSeed::SeedLike),
-        ],
+    let search_radius = props.get(
+        "instseg.search-radius",
+        "a non-negative integer (output-grid cells)",
+        |v| v.parse().ok(),
     )?;
+
     let min_area = props.get("instseg.min-area", "a non-negative integer", |v| {
         v.parse().ok()
     })?;
@@ -239,7 +274,7 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
     if let Some(min_area) = min_area.filter(|&area| u64::from(area) > grid_pixels) {
         return Err(refused!(
             model,
-            "metadata instseg.min-area is {min_area}, more than the {grid_pixels} cells of the \
+            "instseg.min-area {min_area} is more than the {grid_pixels} cells of the \
              {width}x{height} output grid: no instance could ever be kept; lower it"
         ));
     }
@@ -262,17 +297,18 @@ pub(super) fn validate(session: &mut Session, model: &str) -> Result<Contract, M
         track_seed_threshold,
         overlaps,
         max_overlap,
-        warm_seed,
-        rematch,
-        warm_order,
+        match_similarity,
+        search_radius,
         min_area,
     })
 }
 
-/// The model's metadata_props, read with the model's name at hand for errors.
+/// The model's metadata_props and their overrides, read with the model's name at hand for
+/// errors.
 struct Props<'a> {
     model: &'a str,
     metadata: ModelMetadata<'a>,
+    overrides: &'a [(String, String)],
 }
 
 impl Props<'_> {
@@ -283,14 +319,22 @@ impl Props<'_> {
         expected: &str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Result<Option<T>, ModelError> {
-        let Some(value) = self.metadata.custom(key) else {
-            return Ok(None);
+        let name = key.strip_prefix("instseg.").unwrap_or(key);
+        let (value, source, fix) = match self.overrides.iter().find(|(k, _)| k == name) {
+            Some((_, value)) => (value.clone(), "override", "fix the overrides property"),
+            None => match self.metadata.custom(key) {
+                Some(value) => (
+                    value,
+                    "metadata",
+                    "fix it in the model's metadata_props (or remove it to use the default)",
+                ),
+                None => return Ok(None),
+            },
         };
         parse(value.trim()).map(Some).ok_or_else(|| {
             refused!(
                 self.model,
-                "metadata {key} is {}, expected {expected}; fix it in the model's \
-                 metadata_props (or remove it to use the default)",
+                "{source} {key} is {}, expected {expected}; {fix}",
                 quote(&value)
             )
         })
@@ -326,7 +370,7 @@ fn check_normalisation(model: &str, mean: [f32; 3], std: [f32; 3]) -> Result<(),
             if value.is_nan() || value.abs() > MAX_NORMALISED {
                 return Err(refused!(
                     model,
-                    "metadata instseg.mean {mean} and instseg.std {std} (channel {channel}) turn a \
+                    "instseg.mean {mean} and instseg.std {std} (channel {channel}) turn a \
                      pixel of {pixel} into {value}, expected a value within +-{MAX_NORMALISED}; \
                      give mean and std as fractions of 255 (e.g. 0.485 and 0.229)"
                 ));

@@ -19,7 +19,7 @@ use ort::ep::ExecutionProvider as _;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::segment::{Overlaps, WarmOrder, WarmSeed};
+use crate::segment::{Overlaps, Params, TrackingParams};
 
 /// The execution provider asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -39,6 +39,9 @@ pub struct SessionOptions {
     pub device_id: i32,
     /// Intra-op threads; 0 leaves ONNX Runtime's default.
     pub threads: u32,
+    /// Values that replace those of the file's `instseg.*` keys (named without the prefix),
+    /// for experiments; checked as the file's are.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// Where the ONNX model comes from.
@@ -92,13 +95,35 @@ pub struct Contract {
     pub overlaps: Option<Overlaps>,
     /// `instseg.max-overlap`, an extension of the contract: see `segment::Params::max_overlap`.
     pub max_overlap: Option<f64>,
-    /// `instseg.warm-seed`, an extension of the contract: see `segment::WarmSeed`.
-    pub warm_seed: Option<WarmSeed>,
-    /// `instseg.rematch` ("on" or "off"), an extension of the contract: see
-    /// `segment::TrackingParams::rematch`.
-    pub rematch: Option<bool>,
-    /// `instseg.warm-order`, an extension of the contract: see `segment::WarmOrder`.
-    pub warm_order: Option<WarmOrder>,
+    /// `instseg.match-similarity`: see `segment::TrackingParams::match_similarity`.
+    pub match_similarity: Option<f64>,
+    /// `instseg.search-radius`: see `segment::TrackingParams::search_radius`.
+    pub search_radius: Option<u32>,
+}
+
+impl Contract {
+    /// The model's post-processing recipe: its recommendations over the defaults of
+    /// [`Params`] (docs/contract.md lists the keys).
+    pub fn params(&self) -> Params {
+        let defaults = Params::default();
+        Params {
+            thresholds: self.thresholds.clone(),
+            seed_threshold: self.seed_threshold.unwrap_or(defaults.seed_threshold),
+            alpha: self.alpha.unwrap_or(defaults.alpha),
+            max_instances: defaults.max_instances,
+            min_area: self.min_area.unwrap_or(defaults.min_area),
+            overlaps: self.overlaps.unwrap_or(defaults.overlaps),
+            max_overlap: self.max_overlap.unwrap_or(defaults.max_overlap),
+            tracking: TrackingParams {
+                match_similarity: self
+                    .match_similarity
+                    .unwrap_or(defaults.tracking.match_similarity),
+                search_radius: self.search_radius,
+                seed_threshold: self.track_seed_threshold,
+                ..defaults.tracking
+            },
+        }
+    }
 }
 
 /// The execution provider a session actually runs on.
@@ -263,7 +288,7 @@ impl Model {
             ),
             Err(err) => return Err(err),
         };
-        let contract = contract::validate(&mut session, &name)?;
+        let contract = contract::validate(&mut session, &name, &options.overrides)?;
         Ok(Self {
             session: Mutex::new(session),
             name,

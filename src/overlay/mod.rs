@@ -8,7 +8,10 @@
 //! own byte layout, so one painter serves all twelve formats. Text uses a built-in 5x7
 //! bitmap font.
 //!
-//! This module knows nothing about GStreamer.
+//! The drawing knows nothing about GStreamer; [`composition`] wraps it in GStreamer's
+//! overlay composition meta.
+
+pub mod composition;
 
 use crate::preprocess::PixelFormat;
 use crate::results::MaskGeometry;

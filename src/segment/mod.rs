@@ -28,7 +28,7 @@ mod track;
 
 use std::fmt;
 
-pub use track::{TrackingParams, WarmOrder, WarmSeed};
+pub use track::TrackingParams;
 
 use select::Workspace;
 use track::Tracker;
@@ -428,9 +428,14 @@ mod tests {
         let embedding = [0.0, 0.8, 1.5, 5.0];
         let classes = [0.1, 0.9, 0.2, 0.9, /* class 1: */ 0.9, 0.1, 0.8, 0.1];
         let view = OutputView::new(&embedding, &classes, 1, 1, 2, 1, 4).unwrap();
+        // Every frame from nothing: the warm start of the earlier calls is not under test.
         let mut params = Params {
             thresholds: vec![0.5],
             min_area: 1,
+            tracking: TrackingParams {
+                enabled: false,
+                ..TrackingParams::default()
+            },
             ..Params::default()
         };
         let mut segmenter = Segmenter::new();

@@ -2,8 +2,8 @@
 //! Seed selection, masks and exclusive assignment (SPEC section 2), with the warm-start
 //! search of section 3.
 
-use super::pass::{PixelState, Seed, fused_pass, ln_upper_bound, load_frame, mask_area, reset};
-use super::track::{Tracker, WarmOrder, WarmSeed};
+use super::pass::{PixelState, Seed, fused_pass, load_frame, mask_area, reset};
+use super::track::Tracker;
 use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, distance_limit};
 
 /// A track's seed under seed-threshold (see `TrackingParams::seed_threshold`) is refused when
@@ -12,11 +12,12 @@ use super::{GridPoint, GridRect, Instance, OutputView, Params, Segmentation, dis
 /// default model's test clips, 71 of 283 such masks covered over 15% of the frame).
 const WEAK_SEED_GROWTH: u32 = 2;
 
-/// `WarmSeed::SeedLike` scores a matching pixel ln S_p + this x ln sigma(p, track): mostly by
-/// seediness, with a little weight on the match, which keeps a track from taking a crossing
-/// neighbour that is more seed-like (default model, validation clips: 0 / 0.05 / 0.1 / 0.2 /
-/// 0.3 gave 2.26 / 1.94 / 1.94 / 2.03 / 2.16 identity switches per 100 instance-frames, and
-/// section 3's weight of 1, `Balanced`, 2.79).
+/// A track's warm seed is the matching pixel of its window maximising ln S_p + this x
+/// ln sigma(p, track): mostly the seed the greedy step would take on the object, so tracking
+/// does not change its mask, with a little weight on the match, which keeps a track from
+/// taking a crossing neighbour that is more seed-like (default model, validation clips: 0 /
+/// 0.05 / 0.1 / 0.2 / 0.3 gave 2.26 / 1.94 / 1.94 / 2.03 / 2.16 identity switches per 100
+/// instance-frames, and a weight of 1, the best seediness times similarity, 2.79).
 const SEED_LIKE_SIMILARITY_WEIGHT: f64 = 0.1;
 
 /// Per-frame buffers, sized h x w and reused from frame to frame.
@@ -28,7 +29,7 @@ pub(super) struct Workspace {
     seed_embedding: Vec<f32>,
     /// Tracks in warm-start order.
     track_order: Vec<usize>,
-    /// (squared distance of its best warm seed to the track, track) for `WarmOrder::Match`.
+    /// (squared distance of its best warm seed to the track, track), for the warm-start order.
     match_order: Vec<(f32, usize)>,
     /// For each kept instance, the index of the track whose warm start found it.
     pub(super) instance_tracks: Vec<Option<usize>>,
@@ -51,9 +52,7 @@ impl Workspace {
 
         if let Some(tracker) = tracker {
             tracker.order_by_confidence(&mut self.track_order);
-            if params.tracking.warm_order == WarmOrder::Match {
-                self.order_by_match(view, params, tracker);
-            }
+            self.order_by_match(view, params, tracker);
             for order in 0..self.track_order.len() {
                 if out.instances.len() == max_instances {
                     break;
@@ -112,9 +111,9 @@ impl Workspace {
         best
     }
 
-    /// Section 3: the candidate in the track's window maximising ln S_p + ln sigma(p, track)
-    /// (or, with `WarmSeed::SeedLike`, the matching one maximising ln S_p + 0.1 ln sigma), if
-    /// its similarity to the track reaches match-similarity. A candidate here is a valid,
+    /// The candidate in the track's window whose similarity to the track reaches
+    /// match-similarity and that maximises ln S_p + `SEED_LIKE_SIMILARITY_WEIGHT` ln sigma(p,
+    /// track). A candidate here is a valid,
     /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
     /// seed-threshold, which makes it exactly a section 2 candidate); one under seed-threshold
     /// must also keep its mask within `WEAK_SEED_GROWTH` times the track's last area.
@@ -155,7 +154,6 @@ impl Workspace {
             .seed_threshold
             .unwrap_or(params.seed_threshold);
         let match_limit = distance_limit(params.tracking.match_similarity);
-        let seed_like = params.tracking.warm_seed == WarmSeed::SeedLike;
         for y in window.y..window.y + window.height {
             for x in window.x..window.x + window.width {
                 let pixel = y as usize * view.width + x as usize;
@@ -167,20 +165,11 @@ impl Workspace {
                     continue;
                 }
                 let distance = self.pixels.pixel_distance(pixel, embedding);
-                let score = if seed_like {
-                    if distance > match_limit {
-                        continue;
-                    }
-                    self.pixels.scoring.ln_seediness(pixel)
-                        + SEED_LIKE_SIMILARITY_WEIGHT * ln_similarity(distance)
-                } else {
-                    // ln sigma(d) <= -d / 2 (softplus lies above its tangent at 0): skip the
-                    // logarithms when even that cannot beat the best so far.
-                    if ln_upper_bound(seediness) - f64::from(distance) / 2.0 < best_score {
-                        continue;
-                    }
-                    self.pixels.scoring.ln_seediness(pixel) + ln_similarity(distance)
-                };
+                if distance > match_limit {
+                    continue;
+                }
+                let score = self.pixels.scoring.ln_seediness(pixel)
+                    + SEED_LIKE_SIMILARITY_WEIGHT * ln_similarity(distance);
                 if score > best_score {
                     best = Some(pixel);
                     best_score = score;
@@ -188,8 +177,7 @@ impl Workspace {
                 }
             }
         }
-        best.filter(|_| best_distance <= match_limit)
-            .map(|seed| (seed, best_distance))
+        best.map(|seed| (seed, best_distance))
     }
 
     /// Re-sorts the tracks by how closely the best warm seed each could take now matches it,

@@ -4,7 +4,7 @@
 use super::{GridPoint, GridRect, Instance, OutputView, SegmentError, Segmentation};
 
 /// How much farther a lost track reaches per frame it has missed, in its box diagonals (see
-/// `TrackingParams::rematch`): on the default model's validation clips 0.5 / 1 / 2 gave 2.56 /
+/// `Tracker::update`): on the default model's validation clips 0.5 / 1 / 2 gave 2.56 /
 /// 2.39 / 2.26 switches per 100 instance-frames.
 const REMATCH_GROWTH: f64 = 2.0;
 
@@ -27,50 +27,6 @@ pub struct TrackingParams {
     /// seed candidates). Such a weak seed is refused when its mask would be more than twice
     /// the track's last area.
     pub seed_threshold: Option<f64>,
-    /// Which pixel of its window a track takes as its seed.
-    pub warm_seed: WarmSeed,
-    /// In which order the tracks take their seeds.
-    pub warm_order: WarmOrder,
-    /// A new instance (one the greedy step found) takes over the id of a track that found no
-    /// seed in this frame when its seed lies within the track's reach: the track's last box
-    /// diagonal (at least 4) from its last seed, `REMATCH_GROWTH` diagonals more per frame it
-    /// has missed. Among several such tracks, the one whose stored embedding is nearest the
-    /// instance's mean embedding. An extension of section 3, where every greedy seed starts a
-    /// new track: an object whose embedding drifted past match-similarity (often after frames
-    /// where it was missed) keeps its id (default model, validation clips: 2.26 switches per
-    /// 100 instance-frames against 3.38).
-    pub rematch: bool,
-}
-
-/// In which order the tracks take their warm seeds (each seed's mask then covers its pixels for
-/// the tracks after it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WarmOrder {
-    /// By the track's last confidence: SPEC section 3 as written.
-    #[default]
-    Confidence,
-    /// By how closely the best seed each track could take matches it, closest first (an
-    /// extension of section 3). When objects cross, a confident track could otherwise take its
-    /// neighbour, which still matches it loosely, before the neighbour's own track, which
-    /// matches it closely (default model, validation clips: 1.57 identity switches per 100
-    /// instance-frames against 1.94; test clips: 6 switches of 767 against 10).
-    Match,
-}
-
-/// Which pixel of its search window a track takes as its seed; either way the seed must reach
-/// `match_similarity` to the track's stored embedding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WarmSeed {
-    /// The pixel maximising ln S_p + ln sigma(p, track): SPEC section 3 as written.
-    #[default]
-    Balanced,
-    /// Among the pixels that match, the one maximising ln S_p + 0.1 ln sigma(p, track) (an
-    /// extension of section 3): mostly the seed the greedy step would take on the object, so
-    /// that tracking does not change its mask. Balanced lets a track settle on a weaker pixel
-    /// that matches its embedding more closely, whose class head often grows a worse mask (default
-    /// model with its other settings, validation clips, tracking on: 1.94 identity switches per
-    /// 100 instance-frames against 2.79, clip-frame mask AP 0.689 against 0.686).
-    SeedLike,
 }
 
 impl Default for TrackingParams {
@@ -81,9 +37,6 @@ impl Default for TrackingParams {
             match_similarity: 0.5,
             search_radius: None,
             seed_threshold: None,
-            warm_seed: WarmSeed::default(),
-            warm_order: WarmOrder::default(),
-            rematch: false,
         }
     }
 }
@@ -203,8 +156,17 @@ impl Tracker {
     }
 
     /// Gives every kept instance its identity and updates the tracks: matched tracks take the
-    /// instance's class, confidence, seed, box and mean embedding; greedy instances start
-    /// new tracks; unmatched tracks age and are dropped past `max_age` misses.
+    /// instance's class, confidence, seed, box and mean embedding; unmatched tracks age and are
+    /// dropped past `max_age` misses.
+    ///
+    /// A greedy instance (one no track's warm start found) first tries to take over a track
+    /// that found no seed in this frame and whose reach holds its seed: the track's last box
+    /// diagonal (at least 4) from its last seed, `REMATCH_GROWTH` diagonals more per frame it
+    /// has missed; among several, the one whose stored embedding is nearest the instance's
+    /// mean embedding. Only when there is none does it start a new track. An extension: an
+    /// object whose embedding drifted past match-similarity (often after frames where it was
+    /// missed) keeps its id (default model, validation clips: 2.26 switches per 100
+    /// instance-frames against 3.38 when every greedy instance starts a track).
     pub(super) fn update(
         &mut self,
         view: &OutputView,
@@ -231,12 +193,7 @@ impl Tracker {
         let previous_tracks = self.tracks.len();
         for (index, (instance, &track)) in out.instances.iter_mut().zip(instance_tracks).enumerate()
         {
-            let lost = || {
-                params
-                    .rematch
-                    .then(|| self.lost_track_within_reach(instance, index, previous_tracks))
-                    .flatten()
-            };
+            let lost = || self.lost_track_within_reach(instance, index, previous_tracks);
             let track = match track.or_else(lost) {
                 Some(track) => {
                     self.matched[track] = true;
@@ -292,7 +249,7 @@ impl Tracker {
         self.embeddings.truncate(kept * dim);
     }
 
-    /// For `TrackingParams::rematch`: among the first `count` tracks, those not matched in this
+    /// For a greedy instance (see [`Self::update`]): among the first `count` tracks, those not matched in this
     /// frame whose reach holds the instance's seed, the one whose stored embedding is nearest
     /// the mean embedding of kept instance `index`.
     fn lost_track_within_reach(

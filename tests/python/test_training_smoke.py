@@ -16,11 +16,9 @@ torch = pytest.importorskip("torch")
 @pytest.mark.parametrize("options, stride, recommended", [
     ([], 4, {}),
     (["--output-stride", "2", "--workers", "1", "--device", "auto", "--generate-clips", "1", "--pairs", "1",
-      "--alpha", "0", "--track-seed-threshold", "0.3", "--overlaps", "confident", "--warm-seed", "seed-like",
-      "--max-overlap", "0.5", "--rematch", "on",
-      "--warm-order", "match"], 2,
+      "--alpha", "0", "--track-seed-threshold", "0.3", "--overlaps", "confident", "--max-overlap", "0.5"], 2,
      {"min-area": "16", "alpha": "0", "track-seed-threshold": "0.3", "overlaps": "confident",
-      "warm-seed": "seed-like", "max-overlap": "0.5", "rematch": "on", "warm-order": "match"}),
+      "max-overlap": "0.5"}),
 ])
 def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, recommended):
     import onnx
@@ -35,7 +33,7 @@ def test_train_export_and_run_in_the_plugin(tmp_path, options, stride, recommend
     outputs = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
     assert outputs["embedding"] == [1, 8, 64 // stride, 64 // stride]
     metadata = {p.key: p.value for p in proto.metadata_props}
-    for key in ("min-area", "alpha", "track-seed-threshold", "overlaps", "warm-seed", "max-overlap", "rematch", "warm-order"):
+    for key in ("min-area", "alpha", "track-seed-threshold", "overlaps", "max-overlap"):
         assert metadata.get(f"instseg.{key}") == recommended.get(key), key
     done = subprocess.run([str(example_binary("run_pipeline")), "--provider", "cpu", "--model",
                            str(model), "--frames", "5", "--size", "160x120"],

@@ -24,9 +24,6 @@ RECOMMENDED_SETTINGS = (
     ("track-seed-threshold", float, "the seediness a tracked object's new seed needs"),
     ("overlaps", ("nearest", "confident"), "which instance a pixel inside several masks belongs to"),
     ("max-overlap", float, "an instance is dropped when more than this share of its mask stays with earlier ones"),
-    ("warm-seed", ("balanced", "seed-like"), "which pixel of its window a track takes as its seed"),
-    ("warm-order", ("confidence", "match"), "in which order the tracks take their seeds"),
-    ("rematch", ("on", "off"), "whether a new instance near a track that lost its object takes its id"),
 )
 
 

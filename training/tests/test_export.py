@@ -64,8 +64,7 @@ def metadata(path):
     return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
-@pytest.mark.parametrize("option", [{"overlaps": "nearer"}, {"warm_seed": "seedlike"}, {"rematch": "yes"}, {"warm_order": "matched"},
-                                    {"max_overlap": 1.5}])
+@pytest.mark.parametrize("option", [{"overlaps": "nearer"}, {"max_overlap": 1.5}])
 def test_recommendations_outside_their_values_are_refused(model, option):
     with pytest.raises(ValueError, match=next(iter(option))):
         contract_metadata(model, (256, 256), **option)
@@ -74,7 +73,7 @@ def test_recommendations_outside_their_values_are_refused(model, option):
 def test_export_fixed_size(model, tmp_path):
     path = tmp_path / "model.onnx"
     export_onnx(model, path, input_size=(192, 256), labels=LABELS, alpha=0.3, seed_threshold=0.5, min_area=4,
-                track_seed_threshold=0.3, overlaps="confident", warm_seed="seed-like", max_overlap=0.5, rematch="on", warm_order="match",
+                track_seed_threshold=0.3, overlaps="confident", max_overlap=0.5,
                 extra_metadata={"instseg.note": "untrained"})
     assert path.stat().st_size <= 4 * 1024 * 1024
     assert not list(tmp_path.glob("*.data")) and len(list(tmp_path.iterdir())) == 1  # no external data
@@ -93,10 +92,7 @@ def test_export_fixed_size(model, tmp_path):
         "instseg.min-area": "4",
         "instseg.track-seed-threshold": "0.3",
         "instseg.overlaps": "confident",
-        "instseg.warm-seed": "seed-like",
         "instseg.max-overlap": "0.5",
-        "instseg.rematch": "on",
-        "instseg.warm-order": "match",
         "instseg.note": "untrained",
     }
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
