@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-# The element finds ONNX Runtime in the active virtualenv (SPEC section 4).
+# The element finds ONNX Runtime in the active virtualenv (docs/element.md).
 . .venv/bin/activate
 
 cargo fmt --check

@@ -33,6 +33,7 @@ gst::plugin_define!(
     "MIT/X11",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // GStreamer refuses a plugin without an origin; the crate has no public home yet.
+    env!("CARGO_PKG_NAME"),
     env!("BUILD_REL_DATE")
 );

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Results in frame pixels: where the cells of the label map fall on the frame, and the
-//! `results-location` JSON line of a frame (`SPEC.md` section 5) with every instance's mask
+//! `results-location` JSON line of a frame (docs/results.md) with every instance's mask
 //! as a COCO compressed RLE at full frame resolution.
 //!
 //! The label map lives on the model's output grid and covers a rectangle of the frame (the

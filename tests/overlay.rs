@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! The visible overlay (SPEC section 6) on frames of flat coloured shapes, colour model.
+//! The visible overlay (docs/metadata.md) on frames of flat coloured shapes, colour model.
 
 mod common;
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Warm-start tracking (SPEC section 3) on synthetic sequences of moving blobs.
+//! Warm-start tracking (docs/algorithm.md, steps 9 to 14) on synthetic sequences of moving blobs.
 
 mod common;
 
@@ -364,7 +364,7 @@ fn run_hesitant(
 
 #[test]
 fn a_lower_track_seed_threshold_keeps_a_hesitant_object_without_seeding_weak_ones() {
-    // Section 3 as written: the object vanishes while its seediness is under seed-threshold.
+    // Without track-seed-threshold: the object vanishes while its seediness is under seed-threshold.
     let (steady, hesitant, weak_found) = run_hesitant(None, false);
     assert!(
         steady.iter().all(|id| *id == steady[0] && id.is_some()),

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Checking a session against "instseg contract 1" (SPEC section 1): the declared input and
+//! Checking a session against "instseg contract 1" (docs/contract.md): the declared input and
 //! outputs, the `instseg.*` metadata, and the shapes of a dry run on a zero image.
 
 use std::str::FromStr;

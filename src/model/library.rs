@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Finding and loading ONNX Runtime at run time, once per process (SPEC section 4), and
+//! Finding and loading ONNX Runtime at run time, once per process (docs/element.md), and
 //! preloading the CUDA libraries that the pip wheels of `onnxruntime-gpu` depend on.
 
 use std::path::{Path, PathBuf};

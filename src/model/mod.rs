@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! The model runtime: ONNX Runtime sessions for instseg models, with no GStreamer types.
 //!
-//! [`Model::load`] finds and loads ONNX Runtime once per process (SPEC section 4), starts a
+//! [`Model::load`] finds and loads ONNX Runtime once per process (docs/element.md), starts a
 //! session on the requested execution provider, checks the model against "instseg
-//! contract 1" (SPEC section 1) and caches the result, so element instances that use the
+//! contract 1" (docs/contract.md) and caches the result, so element instances that use the
 //! same model and options share one session. [`Model::run`] then feeds one normalised
 //! image and copies both outputs into reusable buffers.
 

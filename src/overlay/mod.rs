@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! The visible overlay (SPEC section 6): instance masks in track colours, box outlines and
+//! The visible overlay (docs/metadata.md, "Overlay"): instance masks in track colours, box outlines and
 //! "label #track confidence" bands, either drawn into the frame ([`blend`]) or as ARGB
 //! images for a `GstVideoOverlayCompositionMeta` ([`mask_argb`], [`label_argb`]).
 //!

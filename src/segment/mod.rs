@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! The segmentation core: seed selection, masks and warm-start tracking of Fathi et al.,
 //! "Semantic Instance Segmentation via Deep Metric Learning" (2017), as fixed by
-//! `SPEC.md` sections 2 and 3.
+//! docs/algorithm.md.
 //!
 //! This module knows nothing about GStreamer or ONNX Runtime: it takes views of the two
 //! model outputs for one image and returns the instances and an exclusive label map on the
@@ -116,7 +116,8 @@ impl<'a> OutputView<'a> {
     }
 }
 
-/// Post-processing parameters (SPEC section 2) and tracking parameters (section 3).
+/// Post-processing parameters (docs/algorithm.md, steps 1 to 8) and tracking parameters
+/// (steps 9 to 14).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     /// The T values of tau, one per threshold index of the `classes` output, each in (0, 1].
@@ -133,7 +134,7 @@ pub struct Params {
     pub overlaps: Overlaps,
     /// An instance is dropped, as one whose mask is under min-area, when more than this share
     /// of its mask stays with instances accepted before it (step 7); in [0, 1], and 1 keeps
-    /// every instance (section 2 as written). An extension: with `Overlaps::Confident`, an
+    /// every instance (the paper's rule, docs/algorithm.md step 6). An extension: with `Overlaps::Confident`, an
     /// instance mostly inside more confident masks is a duplicate or a fragment of what they
     /// found (default model, validation split, NumPy reference: 0.5 gives mask AP 0.653
     /// against 0.649 and 7.4 masks per image against 8.6).
@@ -157,7 +158,7 @@ impl Default for Params {
     }
 }
 
-/// Which kept instance owns a pixel that lies inside several masks (SPEC section 2, step 7).
+/// Which kept instance owns a pixel that lies inside several masks (docs/algorithm.md, step 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overlaps {
     /// The instance whose seed is nearest in embedding space: step 7 as written.
@@ -285,7 +286,7 @@ impl fmt::Display for SegmentError {
 
 impl std::error::Error for SegmentError {}
 
-/// Segments frames one after another, keeping the tracks of section 3 between calls.
+/// Segments frames one after another, keeping the tracks of docs/algorithm.md (steps 9 to 14) between calls.
 #[derive(Debug, Default)]
 pub struct Segmenter {
     workspace: Workspace,
@@ -333,7 +334,7 @@ impl Segmenter {
 }
 
 /// Largest f32 `l` with `l <= ln(2 / tau - 1)`, so that for any f32 distance d,
-/// `d <= l` exactly when sigma = 2 / (1 + exp(d)) >= tau (section 2's mask test without exp()).
+/// `d <= l` exactly when sigma = 2 / (1 + exp(d)) >= tau (the mask test of docs/algorithm.md, step 5, without exp()).
 fn distance_limit(tau: f64) -> f32 {
     let limit = (2.0 / tau - 1.0).ln();
     let rounded = limit as f32;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! The hot loop: one fused pass over the grid per selected seed (SPEC section 2, steps 4
+//! The hot loop: one fused pass over the grid per selected seed (docs/algorithm.md, steps 4
 //! to 7). For each block of pixels, the squared distances to the seed are accumulated in
 //! registers while the block's D channel rows stream through once; then each pixel that
 //! needs it gets its mask test, coverage, exclusive ownership, D(p) update and greedy score.
@@ -39,7 +39,7 @@ pub(super) struct PixelState {
     pub undo: Vec<(u32, u8, f32)>,
 }
 
-/// What the greedy step (SPEC section 2, step 4) knows of each candidate.
+/// What the greedy step (docs/algorithm.md, step 4) knows of each candidate.
 #[derive(Debug, Default)]
 pub(super) struct Scoring {
     /// S_p, the seediness.

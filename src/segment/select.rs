@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Seed selection, masks and exclusive assignment (SPEC section 2), with the warm-start
-//! search of section 3.
+//! Seed selection, masks and exclusive assignment (docs/algorithm.md, steps 1 to 8), with
+//! the warm-start search of steps 10 to 12.
 
 use super::pass::{PixelState, Seed, fused_pass, load_frame, mask_area, reset};
 use super::track::Tracker;
@@ -115,7 +115,7 @@ impl Workspace {
     /// match-similarity and that maximises ln S_p + `SEED_LIKE_SIMILARITY_WEIGHT` ln sigma(p,
     /// track). A candidate here is a valid,
     /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
-    /// seed-threshold, which makes it exactly a section 2 candidate); one under seed-threshold
+    /// seed-threshold, which makes it exactly a step 2 candidate); one under seed-threshold
     /// must also keep its mask within `WEAK_SEED_GROWTH` times the track's last area.
     fn warm_seed(
         &mut self,

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Per-track state between frames and identity assignment (SPEC section 3).
+//! Per-track state between frames and identity assignment (docs/algorithm.md, steps 9 to 14).
 
 use super::{GridPoint, GridRect, Instance, OutputView, SegmentError, Segmentation};
 
@@ -8,7 +8,7 @@ use super::{GridPoint, GridRect, Instance, OutputView, SegmentError, Segmentatio
 /// 2.39 / 2.26 switches per 100 instance-frames.
 const REMATCH_GROWTH: f64 = 2.0;
 
-/// Warm-start and identity parameters (SPEC section 3).
+/// Warm-start and identity parameters (docs/algorithm.md, steps 9 to 14).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackingParams {
     /// Off: every frame starts from nothing and every instance gets a fresh id.
@@ -20,10 +20,10 @@ pub struct TrackingParams {
     /// Half-size of the search window around the track's last seed, in output pixels;
     /// `None` means max(4, the track's bounding-box diagonal).
     pub search_radius: Option<u32>,
-    /// Seediness a live track's warm seed needs; `None` means section 2's seed-threshold.
+    /// Seediness a live track's warm seed needs; `None` means the seed-threshold of step 2.
     /// Lower, it is a hysteresis: an object keeps its track through frames where its
     /// seediness dips under the threshold a new object needs, instead of vanishing and
-    /// coming back under a new id (an extension of SPEC section 3, which searches only the
+    /// coming back under a new id (an extension, docs/algorithm.md step 11: the paper's candidates are only the
     /// seed candidates). Such a weak seed is refused when its mask would be more than twice
     /// the track's last area.
     pub seed_threshold: Option<f64>,

@@ -35,7 +35,7 @@ def outputs(tmp_path_factory):
 
 
 def upsample(frame, region, width, height):
-    """The frame-resolution mask of `region`, by the mapping of SPEC section 5."""
+    """The frame-resolution mask of `region`, by the mapping of docs/metadata.md."""
     x0, y0, w, h = frame["rect"]
     labels = np.array(frame["labels"], np.uint8).reshape(frame["mask-height"], frame["mask-width"])
     xs = np.arange(width)

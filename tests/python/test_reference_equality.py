@@ -1,4 +1,4 @@
-"""The Rust segmentation core against the NumPy reference of SPEC.md section 2.
+"""The Rust segmentation core against the NumPy reference of docs/algorithm.md, steps 1 to 8.
 
 Hundreds of seeded random cases are written to a temporary directory, segmented by both, and
 compared: same instances (seed, class, tau, order, area, box), same label map, confidences

@@ -21,8 +21,8 @@ surrounds.
 
     python -m instseg_train.diagnose --data DIR --model model.onnx [--split val] [--images N]
 
-Post-processing settings default to those recommended in the model file, else SPEC.md's
-(the report lists those that are not SPEC.md's defaults).
+Post-processing settings default to those recommended in the model file, else the element's
+(the report lists those that are not the element's defaults, docs/contract.md).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def diagnose(annotations: str, images_dir: str, model: str, images: int | None =
 
     meta = read_metadata(model)
     thresholds = [float(v) for v in meta.get("instseg.thresholds", "0.25,0.5,0.75,0.9").split(",")]
-    settings = {}  # what is neither given nor in the file keeps postprocess's (SPEC.md's) default
+    settings = {}  # what is neither given nor in the file keeps postprocess's (the element's) default
     for name, given, key, kind in (("seed_threshold", seed_threshold, "instseg.seed-threshold", float),
                                    ("alpha", alpha, "instseg.alpha", float),
                                    ("min_area", min_area, "instseg.min-area", int),

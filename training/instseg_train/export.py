@@ -1,4 +1,4 @@
-"""Export of an InstSegNet to one ONNX file following "instseg contract 1" (SPEC.md section 1)."""
+"""Export of an InstSegNet to one ONNX file following "instseg contract 1" (docs/contract.md)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def recommended_metadata(**recommended) -> dict[str, str]:
 
 def contract_metadata(model, input_size, labels=None, thresholds=None, min_area=None, extra_metadata=None,
                       **recommended) -> dict[str, str]:
-    """The instseg.* metadata_props of SPEC.md section 1 (input_size is (height, width)), plus
-    the recommended element settings (see `recommended_metadata`), those beyond section 1 being
+    """The instseg.* metadata_props of docs/contract.md (input_size is (height, width)), plus
+    the recommended element settings (see `recommended_metadata`), those beyond the paper's being
     the element's extensions."""
     extensions = recommended_metadata(**recommended)
     thresholds = tuple(thresholds if thresholds is not None else model.thresholds)
@@ -121,7 +121,7 @@ def read_metadata(path) -> dict[str, str]:
 
 def input_size(session, metadata: dict[str, str]) -> tuple[int, int]:
     """(height, width) the element feeds the file: its input's fixed H and W, or
-    ``instseg.input-size`` (default 256x256) when they are dynamic (SPEC.md section 1)."""
+    ``instseg.input-size`` (default 256x256) when they are dynamic (docs/contract.md)."""
     shape = session.get_inputs()[0].shape[2:]
     if all(isinstance(s, int) for s in shape):
         return tuple(shape)

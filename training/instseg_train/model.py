@@ -1,7 +1,7 @@
 """The instseg network (Fathi et al. 2017): a small fully convolutional encoder-decoder.
 
 Input: the normalised image (pixel / 255 - mean) / std, [N, 3, H, W] (H, W multiples of 16).
-Outputs (SPEC.md section 1), at output stride s (4, 2 or 1; for s < 4 the embedding is refined
+Outputs (docs/contract.md), at output stride s (4, 2 or 1; for s < 4 the embedding is refined
 at stride 2 with the first stage's features, so that masks of small objects get finer edges,
 the class logits are corrected there by the same features, and s = 1 upsamples both
 bilinearly from there):

@@ -1,4 +1,4 @@
-"""NumPy reference of the instseg post-processing (SPEC.md section 2).
+"""NumPy reference of the instseg post-processing (docs/algorithm.md, steps 1 to 8).
 
 Read directly off the formulas, one line of the spec at a time. It is the single Python copy
 of the algorithm: the Rust core is tested for equality against it, the benchmarks time it,
