@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -16,7 +16,9 @@ use gst_video::prelude::*;
 use super::frame::PlaneLayout;
 use super::{ExecutionProvider, Overlay};
 use crate::meta;
-use crate::model::{self, Contract, Model, ModelError, ModelOutputs, ModelSource, SessionOptions};
+use crate::model::{
+    self, ActiveProvider, Contract, Model, ModelError, ModelOutputs, ModelSource, SessionOptions,
+};
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
 use crate::preprocess::{
     Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
@@ -52,6 +54,8 @@ const DEFAULT_OVERLAY_ALPHA: f64 = 0.5;
 const DEFAULT_DRAW_BOXES: bool = true;
 const DEFAULT_DRAW_LABELS: bool = true;
 const DEFAULT_POST_MESSAGES: bool = false;
+const DEFAULT_INFERENCE_SERVER: &str = "";
+const DEFAULT_SERVER_TIMEOUT_MS: u32 = 5000;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -71,6 +75,8 @@ struct Settings {
     draw_boxes: bool,
     draw_labels: bool,
     overrides: Option<gst::Structure>,
+    inference_server: String,
+    server_timeout_ms: u32,
 }
 
 impl Default for Settings {
@@ -92,6 +98,8 @@ impl Default for Settings {
             draw_boxes: DEFAULT_DRAW_BOXES,
             draw_labels: DEFAULT_DRAW_LABELS,
             overrides: None,
+            inference_server: DEFAULT_INFERENCE_SERVER.into(),
+            server_timeout_ms: DEFAULT_SERVER_TIMEOUT_MS,
         }
     }
 }
@@ -160,7 +168,9 @@ impl Settings {
     }
 
     fn model_source(&self) -> ModelSource {
-        if self.model_location.is_empty() {
+        if !self.inference_server.is_empty() {
+            ModelSource::Server(self.inference_server.clone())
+        } else if self.model_location.is_empty() {
             ModelSource::Embedded {
                 name: "default",
                 bytes: EMBEDDED_MODEL,
@@ -195,6 +205,7 @@ impl Settings {
             device_id: self.device_id,
             threads: self.threads,
             overrides,
+            server_timeout: Duration::from_millis(u64::from(self.server_timeout_ms)),
         }
     }
 }
@@ -520,8 +531,9 @@ impl InstSeg {
         }
         let preprocessed = Instant::now();
 
-        model.run(input, outputs).map_err(|err| {
-            gst::error_msg!(gst::LibraryError::Failed, ("Inference failed: {err}"))
+        model.run(input, outputs).map_err(|err| match err {
+            ModelError::Server(_) => gst::error_msg!(gst::ResourceError::Read, ("{err}")),
+            err => gst::error_msg!(gst::LibraryError::Failed, ("Inference failed: {err}")),
         })?;
         let inferred = Instant::now();
         let non_finite = outputs.non_finite_share();
@@ -659,7 +671,9 @@ fn publish(
 fn model_error(err: &ModelError) -> gst::ErrorMessage {
     match err {
         ModelError::NotFound(_) => gst::error_msg!(gst::ResourceError::NotFound, ("{err}")),
-        ModelError::File(_) => gst::error_msg!(gst::ResourceError::OpenRead, ("{err}")),
+        ModelError::File(_) | ModelError::Server(_) => {
+            gst::error_msg!(gst::ResourceError::OpenRead, ("{err}"))
+        }
         ModelError::Contract(_) => gst::error_msg!(gst::LibraryError::Settings, ("{err}")),
         ModelError::Runtime(_) | ModelError::Provider(_) => {
             gst::error_msg!(gst::LibraryError::Init, ("{err}"))
@@ -799,6 +813,20 @@ impl ObjectImpl for InstSeg {
                     .blurb("Values replacing the model's instseg.* metadata, keys without the prefix, for experiments (docs/contract.md), e.g. \"overrides,alpha=0.3,min-area=8\"")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("inference-server")
+                    .nick("Inference server")
+                    .blurb("URL of the model on a KServe v2 / Triton HTTP server, http://HOST:PORT/v2/models/NAME[/versions/N], which then runs the network instead of a local ONNX Runtime (model-location is not used); empty: local")
+                    .default_value(Some(DEFAULT_INFERENCE_SERVER))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("server-timeout")
+                    .nick("Server timeout")
+                    .blurb("Milliseconds an inference server has to answer each request")
+                    .minimum(1)
+                    .maximum(600_000)
+                    .default_value(DEFAULT_SERVER_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Frames processed and mean milliseconds per stage")
@@ -841,6 +869,10 @@ impl ObjectImpl for InstSeg {
             "draw-boxes" => settings.draw_boxes = value.get().expect("type checked upstream"),
             "draw-labels" => settings.draw_labels = value.get().expect("type checked upstream"),
             "overrides" => settings.overrides = value.get().expect("type checked upstream"),
+            "inference-server" => settings.inference_server = string(),
+            "server-timeout" => {
+                settings.server_timeout_ms = value.get().expect("type checked upstream")
+            }
             other => unreachable!("no writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "{} set to {:?}", pspec.name(), value);
@@ -870,6 +902,8 @@ impl ObjectImpl for InstSeg {
             "draw-boxes" => settings.draw_boxes.to_value(),
             "draw-labels" => settings.draw_labels.to_value(),
             "overrides" => settings.overrides.to_value(),
+            "inference-server" => settings.inference_server.to_value(),
+            "server-timeout" => settings.server_timeout_ms.to_value(),
             other => unreachable!("no readable property {other}"),
         }
     }
@@ -964,7 +998,10 @@ impl BaseTransformImpl for InstSeg {
         settings
             .frame_settings()
             .update_params(&recipe, &mut params);
-        *lock(&self.active_provider) = Some(model.active_provider().to_string());
+        *lock(&self.active_provider) = Some(match model.active_provider() {
+            ActiveProvider::Server => format!("server {}", settings.inference_server),
+            local => local.to_string(),
+        });
         *lock(&self.stats) = Stats::default();
         *lock(&self.state) = Some(State {
             normalization: Normalization {

@@ -4,10 +4,8 @@
 
 use std::str::FromStr;
 
-use ort::session::{ModelMetadata, Session};
-use ort::value::{TensorElementType, TensorRef};
-
-use super::{Contract, ModelError, Resize};
+use super::backend::Backend;
+use super::{Contract, ModelError, ModelOutputs, Resize};
 use crate::segment::Overlaps;
 
 /// The longest side of a model input the element serves: a 4096x4096 input is already a
@@ -29,7 +27,7 @@ macro_rules! refused {
 }
 
 /// The `instseg.*` keys the contract reads, without their prefix.
-const KEYS: [&str; 15] = [
+pub(super) const KEYS: [&str; 15] = [
     "contract",
     "thresholds",
     "labels",
@@ -47,10 +45,10 @@ const KEYS: [&str; 15] = [
     "search-radius",
 ];
 
-/// Validates `session` and returns its contract; `model` names the file in errors.
+/// Validates the model `backend` runs and returns its contract; `model` names it in errors.
 /// `overrides` replace the values of the file's `instseg.*` keys (named without the prefix).
 pub(super) fn validate(
-    session: &mut Session,
+    backend: &dyn Backend,
     model: &str,
     overrides: &[(String, String)],
 ) -> Result<Contract, ModelError> {
@@ -65,13 +63,10 @@ pub(super) fn validate(
             KEYS.join(", ")
         ));
     }
-    let (input_name, fixed_width, fixed_height) = check_declared(session, model)?;
-    let metadata = session.metadata().map_err(|err| {
-        ModelError::File(format!("model {model}: cannot read its metadata: {err}"))
-    })?;
+    let (input_name, fixed_width, fixed_height) = check_declared(backend, model)?;
     let props = Props {
         model,
-        metadata,
+        backend,
         overrides,
     };
     let contract_version = props.get(
@@ -180,12 +175,11 @@ pub(super) fn validate(
     let min_area = props.get("instseg.min-area", "a non-negative integer", |v| {
         v.parse().ok()
     })?;
-    drop(props);
 
     let (default_width, default_height) = input_size.unwrap_or((256, 256));
     let input_width = fixed_width.unwrap_or(default_width);
     let input_height = fixed_height.unwrap_or(default_height);
-    let (embedding, classes) = dry_run(session, model, input_width, input_height)?;
+    let (embedding, classes) = dry_run(backend, model, input_width, input_height)?;
 
     let [1, dim, height, width] = embedding[..] else {
         return Err(refused!(
@@ -307,7 +301,7 @@ pub(super) fn validate(
 /// errors.
 struct Props<'a> {
     model: &'a str,
-    metadata: ModelMetadata<'a>,
+    backend: &'a dyn Backend,
     overrides: &'a [(String, String)],
 }
 
@@ -322,9 +316,9 @@ impl Props<'_> {
         let name = key.strip_prefix("instseg.").unwrap_or(key);
         let (value, source, fix) = match self.overrides.iter().find(|(k, _)| k == name) {
             Some((_, value)) => (value.clone(), "override", "fix the overrides property"),
-            None => match self.metadata.custom(key) {
+            None => match self.backend.metadata(key) {
                 Some(value) => (
-                    value,
+                    value.to_owned(),
                     "metadata",
                     "fix it in the model's metadata_props (or remove it to use the default)",
                 ),
@@ -390,13 +384,13 @@ fn parse_list<T: FromStr>(value: &str) -> Option<Vec<T>> {
 /// Checks the declared input and outputs; returns the input name and its fixed width and
 /// height (`None` where dynamic).
 fn check_declared(
-    session: &Session,
+    backend: &dyn Backend,
     model: &str,
 ) -> Result<(String, Option<u32>, Option<u32>), ModelError> {
-    let input = match session.inputs() {
+    let input = match backend.inputs() {
         [input] => input,
         inputs => {
-            let names: Vec<_> = inputs.iter().map(|input| input.name()).collect();
+            let names: Vec<_> = inputs.iter().map(|input| input.name.as_str()).collect();
             return Err(refused!(
                 model,
                 "{} inputs ({}), expected exactly one float32 input [1, 3, H, W]; export the \
@@ -406,94 +400,80 @@ fn check_declared(
             ));
         }
     };
-    let dtype = input.dtype();
+    let (name, description) = (&input.name, &input.description);
     let fixed = |dim: i64| u32::try_from(dim).ok().filter(|&dim| dim > 0);
     let valid = |dim: i64| dim == -1 || fixed(dim).is_some();
-    if let Some(shape) = dtype.tensor_shape()
-        && let [.., height, width] = shape[..]
-        && (height > i64::from(MAX_INPUT_SIDE) || width > i64::from(MAX_INPUT_SIDE))
+    if let Some([.., height, width]) = input.shape.as_deref()
+        && (*height > i64::from(MAX_INPUT_SIDE) || *width > i64::from(MAX_INPUT_SIDE))
     {
         return Err(refused!(
             model,
-            "input `{}` is {dtype}: an input of {width}x{height} is larger than the \
+            "input `{name}` is {description}: an input of {width}x{height} is larger than the \
              {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} the element serves; export the network for a \
-             smaller input (or with a dynamic size and instseg.input-size)",
-            input.name()
+             smaller input (or with a dynamic size and instseg.input-size)"
         ));
     }
-    let (width, height) = match dtype.tensor_shape().map(|shape| &shape[..]) {
+    let (width, height) = match input.shape.as_deref() {
         Some(&[batch, 3, height, width])
-            if dtype.tensor_type() == Some(TensorElementType::Float32)
-                && matches!(batch, 1 | -1)
-                && valid(height)
-                && valid(width) =>
+            if input.float32 && matches!(batch, 1 | -1) && valid(height) && valid(width) =>
         {
             (fixed(width), fixed(height))
         }
         _ => {
             return Err(refused!(
                 model,
-                "input `{}` is {dtype}, expected a float32 tensor [1, 3, H, W] (RGB, N = 1 or \
-                 dynamic); export the network with an NCHW float32 RGB input",
-                input.name()
+                "input `{name}` is {description}, expected a float32 tensor [1, 3, H, W] (RGB, \
+                 N = 1 or dynamic); export the network with an NCHW float32 RGB input"
             ));
         }
     };
-    for name in ["embedding", "classes"] {
-        let Some(output) = session
+    for wanted in ["embedding", "classes"] {
+        let Some(output) = backend
             .outputs()
             .iter()
-            .find(|output| output.name() == name)
+            .find(|output| output.name == wanted)
         else {
-            let names: Vec<_> = session.outputs().iter().map(|o| o.name()).collect();
+            let names: Vec<_> = backend.outputs().iter().map(|o| o.name.as_str()).collect();
             return Err(refused!(
                 model,
-                "no output `{name}` (outputs: {}), expected outputs `embedding` [N, D, h, w] \
+                "no output `{wanted}` (outputs: {}), expected outputs `embedding` [N, D, h, w] \
                  and `classes` [N, T, C+1, h, w]; give the network's outputs these names when \
                  exporting it",
                 names.join(", ")
             ));
         };
-        if output.dtype().tensor_type() != Some(TensorElementType::Float32) {
-            let dtype = output.dtype();
+        if !output.float32 {
             return Err(refused!(
                 model,
-                "output `{name}` is {dtype}, expected a float32 tensor"
+                "output `{wanted}` is {}, expected a float32 tensor",
+                output.description
             ));
         }
     }
-    Ok((input.name().to_owned(), width, height))
+    Ok((name.clone(), width, height))
 }
 
 /// Runs the model once on zeros and returns the actual shapes of `embedding` and `classes`.
 fn dry_run(
-    session: &mut Session,
+    backend: &dyn Backend,
     model: &str,
     width: u32,
     height: u32,
 ) -> Result<(Vec<usize>, Vec<usize>), ModelError> {
-    let failed = |err: ort::Error| {
-        refused!(
-            model,
-            "running it on a 1x3x{height}x{width} zero image failed: {err}; check the network \
-             and instseg.input-size"
-        )
-    };
     let zeros = vec![0.0f32; 3 * height as usize * width as usize];
-    let shape = [1, 3, height as usize, width as usize];
-    let input = TensorRef::from_array_view((shape, &zeros[..])).map_err(failed)?;
-    let outputs = session.run(ort::inputs![input]).map_err(failed)?;
-    let shape_of = |name: &str| {
-        let value = outputs
-            .get(name)
-            .ok_or_else(|| ort::Error::new(format!("no output `{name}`")))
-            .and_then(|value| value.try_extract_tensor::<f32>())
-            .map_err(failed)?;
-        Ok(value
-            .0
-            .iter()
-            .map(|&dim| usize::try_from(dim).unwrap_or(0))
-            .collect())
-    };
-    Ok((shape_of("embedding")?, shape_of("classes")?))
+    let mut outputs = ModelOutputs::default();
+    backend
+        .run(
+            &zeros,
+            [1, 3, height as usize, width as usize],
+            &mut outputs,
+        )
+        .map_err(|err| {
+            refused!(
+                model,
+                "running it on a 1x3x{height}x{width} zero image failed: {err}; check the \
+                 network and instseg.input-size"
+            )
+        })?;
+    Ok((outputs.embedding_shape, outputs.classes_shape))
 }

@@ -1,23 +1,26 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! The model runtime: ONNX Runtime sessions for instseg models, with no GStreamer types.
+//! The model runtime for instseg models, with no GStreamer types.
 //!
-//! [`Model::load`] finds and loads ONNX Runtime once per process (docs/element.md), starts a
-//! session on the requested execution provider, checks the model against "instseg
-//! contract 1" (docs/contract.md) and caches the result, so element instances that use the
-//! same model and options share one session. [`Model::run`] then feeds one normalised
-//! image and copies both outputs into reusable buffers.
+//! [`Model::load`] starts a backend for the model (a local ONNX Runtime session, ONNX Runtime
+//! being found and loaded once per process (docs/element.md), or a model on a KServe v2 /
+//! Triton server), checks the model against "instseg contract 1" (docs/contract.md) and
+//! caches the result, so element instances that use the same model and options share one
+//! backend. [`Model::run`] then feeds one normalised image and copies both outputs into
+//! reusable buffers.
 
+mod backend;
 mod contract;
 mod library;
+mod local;
+mod remote;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
-use ort::ep::ExecutionProvider as _;
-use ort::session::Session;
-use ort::value::TensorRef;
+use backend::Backend;
 
 use crate::segment::{Overlaps, Params, TrackingParams};
 
@@ -33,7 +36,7 @@ pub enum ExecutionProvider {
 }
 
 /// How a session is started; part of the session cache key.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionOptions {
     pub provider: ExecutionProvider,
     pub device_id: i32,
@@ -42,12 +45,29 @@ pub struct SessionOptions {
     /// Values that replace those of the file's `instseg.*` keys (named without the prefix),
     /// for experiments; checked as the file's are.
     pub overrides: Vec<(String, String)>,
+    /// Bounds every request to an inference server.
+    pub server_timeout: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            provider: ExecutionProvider::default(),
+            device_id: 0,
+            threads: 0,
+            overrides: Vec::new(),
+            server_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Where the ONNX model comes from.
 #[derive(Clone, Debug)]
 pub enum ModelSource {
     File(PathBuf),
+    /// A model on a KServe v2 / Triton HTTP server:
+    /// `http://HOST:PORT/v2/models/NAME[/versions/N]`.
+    Server(String),
     /// A model compiled into the plugin; `name` identifies it in errors and the cache.
     Embedded {
         name: &'static str,
@@ -132,6 +152,8 @@ pub enum ActiveProvider {
     Cpu,
     Cuda,
     TensorRt,
+    /// An inference server runs the model, on whatever it was configured with.
+    Server,
 }
 
 impl fmt::Display for ActiveProvider {
@@ -140,16 +162,20 @@ impl fmt::Display for ActiveProvider {
             Self::Cpu => "cpu",
             Self::Cuda => "cuda",
             Self::TensorRt => "tensorrt",
+            Self::Server => "server",
         })
     }
 }
 
-/// Both model outputs for one image, batch dimension dropped: `embedding` is `[D, h, w]`
-/// and `classes` `[T, C+1, h, w]`. Reused between runs so that running does not allocate.
+/// Both model outputs for one image: `embedding` is `[1, D, h, w]` and `classes`
+/// `[1, T, C+1, h, w]`, with the shapes the model gave. Reused between runs so that running
+/// does not allocate.
 #[derive(Clone, Debug, Default)]
 pub struct ModelOutputs {
     pub embedding: Vec<f32>,
     pub classes: Vec<f32>,
+    pub embedding_shape: Vec<usize>,
+    pub classes_shape: Vec<usize>,
 }
 
 impl ModelOutputs {
@@ -175,8 +201,10 @@ pub enum ModelError {
     Runtime(String),
     /// An explicitly requested execution provider could not start.
     Provider(String),
-    /// The model file does not exist.
+    /// The model file does not exist, or the server has no such model.
     NotFound(String),
+    /// The inference server cannot be reached, answers with an error or too late.
+    Server(String),
     /// The model file is unreadable, not a regular file or not an ONNX model.
     File(String),
     /// The model does not follow the instseg contract.
@@ -191,6 +219,7 @@ impl fmt::Display for ModelError {
             Self::Runtime(message)
             | Self::Provider(message)
             | Self::NotFound(message)
+            | Self::Server(message)
             | Self::File(message)
             | Self::Contract(message)
             | Self::Inference(message) => f.write_str(message),
@@ -205,6 +234,7 @@ impl std::error::Error for ModelError {}
 enum ModelId {
     File(PathBuf),
     Embedded(&'static str),
+    Server(String),
 }
 
 impl fmt::Display for ModelId {
@@ -212,11 +242,15 @@ impl fmt::Display for ModelId {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Embedded(name) => write!(f, "embedded:{name}"),
+            Self::Server(url) => f.write_str(url),
         }
     }
 }
 
 type CacheKey = (ModelId, SessionOptions);
+
+/// A started backend, the provider it runs on and, after a fallback to the CPU, why.
+type Started = (Box<dyn Backend>, ActiveProvider, Option<String>);
 
 /// One cache entry: its lock is held while that key's session loads, so that concurrent loads
 /// of one key start one session while other keys load in parallel.
@@ -226,11 +260,10 @@ type CacheSlot = Arc<Mutex<Weak<Model>>>;
 /// only held to find or add a slot, never while a model loads.
 static CACHE: LazyLock<Mutex<HashMap<CacheKey, CacheSlot>>> = LazyLock::new(Default::default);
 
-/// A validated ONNX Runtime session for one model; shared between element instances.
+/// A validated model and the backend that runs it; shared between element instances.
 #[derive(Debug)]
 pub struct Model {
-    /// `Session::run` needs `&mut`; streaming threads take turns.
-    session: Mutex<Session>,
+    backend: Box<dyn Backend>,
     name: String,
     contract: Contract,
     active_provider: ActiveProvider,
@@ -241,10 +274,10 @@ impl Model {
     /// Loads (or reuses from a process-wide cache) a session for this source + options,
     /// validated against the contract.
     pub fn load(source: &ModelSource, options: &SessionOptions) -> Result<Arc<Model>, ModelError> {
-        let runtime = library::runtime()?;
         let id = match source {
             ModelSource::File(path) => ModelId::File(regular_file(path)?),
             ModelSource::Embedded { name, .. } => ModelId::Embedded(name),
+            ModelSource::Server(url) => ModelId::Server(url.clone()),
         };
         let key = (id, options.clone());
         let slot = {
@@ -262,40 +295,46 @@ impl Model {
         if let Some(model) = loaded.upgrade() {
             return Ok(model);
         }
-        let model = Arc::new(Self::start(runtime, source, key.0.to_string(), options)?);
+        let model = Arc::new(Self::start(source, key.0.to_string(), options)?);
         *loaded = Arc::downgrade(&model);
         Ok(model)
     }
 
     fn start(
-        runtime: &library::Runtime,
         source: &ModelSource,
         name: String,
         options: &SessionOptions,
     ) -> Result<Self, ModelError> {
-        let start = |provider| start_session(runtime, source, &name, options, provider);
-        let requested = match options.provider {
-            ExecutionProvider::Cpu => ActiveProvider::Cpu,
-            ExecutionProvider::Auto | ExecutionProvider::Cuda => ActiveProvider::Cuda,
-            ExecutionProvider::TensorRt => ActiveProvider::TensorRt,
-        };
-        let (mut session, active_provider, fallback_reason) = match start(requested) {
-            Ok(session) => (session, requested, None),
-            Err(ModelError::Provider(reason)) if options.provider == ExecutionProvider::Auto => (
-                start(ActiveProvider::Cpu)?,
-                ActiveProvider::Cpu,
-                Some(reason),
+        let (backend, active_provider, fallback_reason): Started = match source {
+            ModelSource::Server(url) => (
+                Box::new(remote::RemoteBackend::connect(url, options.server_timeout)?),
+                ActiveProvider::Server,
+                None,
             ),
-            Err(err) => return Err(err),
+            ModelSource::File(path) => Self::start_local(local::Onnx::File(path), &name, options)?,
+            ModelSource::Embedded { bytes, .. } => {
+                Self::start_local(local::Onnx::Memory(bytes), &name, options)?
+            }
         };
-        let contract = contract::validate(&mut session, &name, &options.overrides)?;
+        let contract = contract::validate(backend.as_ref(), &name, &options.overrides)?;
         Ok(Self {
-            session: Mutex::new(session),
+            backend,
             name,
             contract,
             active_provider,
             fallback_reason,
         })
+    }
+
+    /// A local ONNX Runtime session, ONNX Runtime loaded first if need be.
+    fn start_local(
+        onnx: local::Onnx,
+        name: &str,
+        options: &SessionOptions,
+    ) -> Result<Started, ModelError> {
+        let runtime = library::runtime()?;
+        let (backend, active, fallback) = local::LocalBackend::start(runtime, onnx, name, options)?;
+        Ok((Box::new(backend), active, fallback))
     }
 
     pub fn contract(&self) -> &Contract {
@@ -332,36 +371,30 @@ impl Model {
                 3 * height * width
             )));
         }
-        let failed = |err: ort::Error| {
-            ModelError::Inference(format!("model {}: inference failed: {err}", self.name))
-        };
-        let tensor = TensorRef::from_array_view(([1, 3, height, width], input)).map_err(failed)?;
-        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
-        let results = session.run(ort::inputs![tensor]).map_err(failed)?;
+        self.backend.run(input, [1, 3, height, width], outputs)?;
         let grid = contract.grid_width as usize * contract.grid_height as usize;
         let classes_len = contract.thresholds.len() * (contract.labels.len() + 1) * grid;
-        for (name, len, buffer) in [
+        for (name, len, values, shape) in [
             (
                 "embedding",
                 contract.embedding_dim * grid,
-                &mut outputs.embedding,
+                &outputs.embedding,
+                &outputs.embedding_shape,
             ),
-            ("classes", classes_len, &mut outputs.classes),
+            (
+                "classes",
+                classes_len,
+                &outputs.classes,
+                &outputs.classes_shape,
+            ),
         ] {
-            let (shape, data) = results
-                .get(name)
-                .ok_or_else(|| ort::Error::new(format!("no output `{name}`")))
-                .and_then(|value| value.try_extract_tensor::<f32>())
-                .map_err(failed)?;
-            if data.len() != len {
+            if values.len() != len {
                 return Err(ModelError::Inference(format!(
                     "model {}: output `{name}` has shape {shape:?}, not the {len} values of the \
                      dry run at load time",
                     self.name
                 )));
             }
-            buffer.clear();
-            buffer.extend_from_slice(data);
         }
         Ok(())
     }
@@ -402,87 +435,6 @@ fn regular_file(path: &Path) -> Result<PathBuf, ModelError> {
         )));
     }
     Ok(canonical)
-}
-
-/// Starts a session on `provider` (CPU: ONNX Runtime's default). Failures of a GPU provider
-/// are [`ModelError::Provider`], so that `auto` can fall back.
-fn start_session(
-    runtime: &library::Runtime,
-    source: &ModelSource,
-    name: &str,
-    options: &SessionOptions,
-    provider: ActiveProvider,
-) -> Result<Session, ModelError> {
-    let runtime_error = |err: String| {
-        ModelError::Runtime(format!("model {name}: cannot configure a session: {err}"))
-    };
-    let provider_error = |reason: String| {
-        let preloaded = library::preload_cuda(&runtime.library);
-        ModelError::Provider(format!(
-            "execution provider {provider} cannot start for model {name}: {reason} ({preloaded}). \
-             To use it, install the GPU build of ONNX Runtime with `pip install onnxruntime-gpu` \
-             (which also installs the CUDA libraries) and an NVIDIA GPU driver, or choose the \
-             cpu execution provider"
-        ))
-    };
-
-    let mut builder =
-        Session::builder(&runtime.environment).map_err(|e| runtime_error(e.to_string()))?;
-    if options.threads > 0 {
-        builder = builder
-            .with_intra_threads(options.threads as usize)
-            .map_err(|e| runtime_error(e.to_string()))?;
-    }
-    if provider != ActiveProvider::Cpu {
-        library::preload_cuda(&runtime.library);
-        let available = match provider {
-            ActiveProvider::TensorRt => ort::ep::TensorRT::is_available(),
-            _ => ort::ep::CUDA::is_available(),
-        };
-        if !available.unwrap_or(true) {
-            return Err(provider_error(format!(
-                "the ONNX Runtime in use ({}) was built without it",
-                runtime.library.display()
-            )));
-        }
-        let cuda = ort::ep::CUDA::default()
-            .with_device_id(options.device_id)
-            .build()
-            .error_on_failure();
-        let providers = match provider {
-            ActiveProvider::TensorRt => vec![
-                ort::ep::TensorRT::default()
-                    .with_device_id(options.device_id)
-                    .build()
-                    .error_on_failure(),
-                cuda,
-            ],
-            _ => vec![cuda],
-        };
-        builder = builder
-            .with_execution_providers(providers)
-            .map_err(|e| provider_error(e.to_string()))?;
-    }
-    let session = match source {
-        ModelSource::File(path) => builder.commit_from_file(path),
-        ModelSource::Embedded { bytes, .. } => builder.commit_from_memory(bytes),
-    };
-    session.map_err(|err| {
-        use ort::ErrorCode::*;
-        let code = err.code();
-        if provider == ActiveProvider::Cpu
-            || matches!(
-                code,
-                NoSuchFile | NoModel | InvalidProtobuf | InvalidGraph | NotImplemented
-            )
-        {
-            ModelError::File(format!(
-                "ONNX Runtime cannot load model {name}: {err}; give the path of a valid ONNX model"
-            ))
-        } else {
-            provider_error(err.to_string())
-        }
-    })
 }
 
 #[cfg(test)]
