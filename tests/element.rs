@@ -539,18 +539,6 @@ fn carried(buffer: &gst::BufferRef) -> bool {
         .expect("carried")
 }
 
-fn instseg_of(h: &gst_check::Harness) -> gst::Element {
-    h.element()
-        .and_then(|bin| bin.downcast::<gst::Bin>().ok())
-        .and_then(|bin| {
-            bin.iterate_elements()
-                .into_iter()
-                .flatten()
-                .find(|e| e.factory().is_some_and(|f| f.name() == "instseg"))
-        })
-        .expect("the element")
-}
-
 #[test]
 fn inference_interval_carries_the_last_result_between_inferences() {
     let (width, height) = (64, 64);

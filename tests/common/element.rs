@@ -260,3 +260,16 @@ pub fn resident_kib() -> u64 {
         .expect("resident pages");
     pages * 4
 }
+
+/// The `instseg` inside a harness made with `Harness::new_parse`.
+pub fn instseg_of(h: &gst_check::Harness) -> gst::Element {
+    h.element()
+        .and_then(|bin| bin.downcast::<gst::Bin>().ok())
+        .and_then(|bin| {
+            bin.iterate_elements()
+                .into_iter()
+                .flatten()
+                .find(|e| e.factory().is_some_and(|f| f.name() == "instseg"))
+        })
+        .expect("the element")
+}

@@ -1,3 +1,4 @@
 pub mod element;
 pub mod onnx_meta;
 pub mod synthetic;
+pub mod triton;
