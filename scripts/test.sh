@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# A real Triton Inference Server for the remote-inference tests, installed once per machine
+# outside the repository; its env file tells the tests where it is (INSTSEG_TRITONSERVER...).
+scripts/setup-triton.sh >/dev/null
+. "${INSTSEG_TRITON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/instseg/triton}/env.sh"
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 # The element finds ONNX Runtime in the active virtualenv (docs/element.md).
 . .venv/bin/activate

@@ -104,7 +104,8 @@ impl Triton {
             .args(["--http-address=127.0.0.1", "--grpc-address=127.0.0.1"])
             .arg(format!("--http-port={port}"))
             .arg(format!("--grpc-port={grpc_port}"))
-            .args(["--allow-metrics=false", "--log-verbose=0"])
+            // Shutdown waits this long for clients' kept-alive connections.
+            .args(["--allow-metrics=false", "--exit-timeout-secs=5"])
             .env("PATH", path)
             .env("LD_LIBRARY_PATH", ld_library_path)
             .stdout(log.try_clone().expect("log"))

@@ -77,23 +77,28 @@ def contract_metadata(model, input_size, labels=None, thresholds=None, min_area=
 
 
 def export_onnx(model, path, input_size=(256, 256), labels=None, thresholds=None, extra_metadata=None,
-                dynamic: bool = False, min_area=None, **recommended) -> dict[str, str]:
+                dynamic: bool = False, min_area=None, dynamic_batch: bool = True, **recommended) -> dict[str, str]:
     """Writes `model` (in eval mode, batch norms folded) to `path`: opset 17, input `image`
-    [1, 3, H, W] (H, W fixed to input_size = (height, width), or dynamic), outputs `embedding`
-    and `classes`, instseg.* metadata_props (see `contract_metadata`), one self-contained file of
-    at most 4 MB. Returns the metadata written."""
+    [N, 3, H, W] (N dynamic, named "N", or 1 with dynamic_batch=False; H, W fixed to input_size =
+    (height, width), or dynamic), outputs `embedding` and `classes` (batch N too), instseg.*
+    metadata_props (see `contract_metadata`), one self-contained file of at most 4 MB. Returns the
+    metadata written."""
     meta = contract_metadata(model, input_size, labels, thresholds, min_area, extra_metadata, **recommended)
     was_training = model.training
     model.eval()
     kwargs = {}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: stable names, folds batch norms
+    axes = {"image": {}, "embedding": {}, "classes": {}}
+    if dynamic_batch:  # a batch of frames in one run, as a Triton server forms them (instseg_train.triton)
+        for name in axes:
+            axes[name][0] = "N"
     if dynamic:
-        kwargs["dynamic_axes"] = {
-            "image": {2: "height", 3: "width"},
-            "embedding": {2: "out_height", 3: "out_width"},
-            "classes": {3: "out_height", 4: "out_width"},
-        }
+        axes["image"].update({2: "height", 3: "width"})
+        axes["embedding"].update({2: "out_height", 3: "out_width"})
+        axes["classes"].update({3: "out_height", 4: "out_width"})
+    if dynamic or dynamic_batch:
+        kwargs["dynamic_axes"] = axes
     try:
         torch.onnx.export(
             model, (torch.zeros(1, 3, *input_size),), str(path), opset_version=17,
@@ -132,7 +137,8 @@ def input_size(session, metadata: dict[str, str]) -> tuple[int, int]:
 def check_export(model, path, trials: int = 3, atol: float = 1e-4, seed: int = 0) -> None:
     """Runs the ONNX file with onnxruntime (CPU) on random normal inputs and asserts both
     outputs match the PyTorch model (eval mode) within atol. Dynamic H/W files are also tried
-    at a second size."""
+    at a second size; files with a dynamic batch also run a batch of 3, each image of which must
+    give what it gives alone."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -157,5 +163,14 @@ def check_export(model, path, trials: int = 3, atol: float = 1e-4, seed: int = 0
                     assert g.shape == w.shape, f"{name}: onnx {g.shape} vs torch {w.shape}"
                     err = float(np.abs(g - w).max())
                     assert err <= atol, f"{name}: max |onnx - torch| = {err:g} > {atol:g} at {size}"
+        if not isinstance(shape[0], int):
+            images = rng.standard_normal((3, 3, height, width)).astype(np.float32)
+            batched = session.run(names, {session.get_inputs()[0].name: images})
+            for i in range(len(images)):
+                alone = session.run(names, {session.get_inputs()[0].name: images[i:i + 1]})
+                for name, b, a in zip(names, batched, alone):
+                    assert b.shape[0] == len(images), f"{name}: batch of {len(images)} gave {b.shape}"
+                    err = float(np.abs(b[i] - a[0]).max())
+                    assert err <= atol, f"{name}: image {i} of a batch of 3 differs from it alone by {err:g}"
     finally:
         model.train(was_training)
