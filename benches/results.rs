@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Speed of one `results-location` line: a 1280 x 720 frame, a 64 x 64 label map stretched
 //! over it and 20 instances, as compact blobs and, for the worst case, as per-cell noise
 //! (a run boundary at almost every cell).

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Post-processing speed over grid sizes and embedding dimensions (T = 4, C = 3, about 20
 //! instances), cold (no tracks) and warm-started (the same scene again with tracking on).
 

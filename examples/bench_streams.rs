@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Runs N pipelines `videotestsrc ! instseg ! fakesink` at once in this process, as fast as
 //! they go, and prints one JSON line: aggregate frames per second, per-frame latency through
 //! `instseg` (p50, p99) and the element's CPU time per frame (the streaming thread's CPU time

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The demo of the README's main command: renders a short clip of moving shapes like the ones the
 //! default model was trained on (a circle, a square, a triangle and a star, two of them crossing),
 //! runs it through `instseg` with the overlay drawn into the frames, writes the result as a video

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Encodes label maps stored as files into COCO RLE strings, so that the Python test can
 //! decode them with pycocotools and compare them with its own upsampling.
 //!

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Runs a pipeline through `instseg` and prints each frame's instances, read from the
 //! `InstSegMeta` that the element attaches to every buffer.
 //!

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Runs `videotestsrc ! instseg ! fakesink sync=false` as fast as it goes and prints the frames
 //! per second, the active execution provider and the element's per-stage `stats`.
 //!

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Runs the segmentation core on model outputs stored as files, so that other tools (the
 //! NumPy equality test, the post-processing benchmark) can drive the Rust implementation.
 //!

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Segments a synthetic sequence of moving blobs with the segmentation core and prints each
 //! frame's instances: track ids stay the same while the blobs move.
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 #![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
 
 //! GStreamer instance segmentation with deep metric learning (Fathi et al. 2017).

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! `InstSegMeta`: the per-buffer result (docs/metadata.md) as a custom meta holding a
 //! `GstStructure`, so that any application can read it without this crate (PyGObject:
 //! `buffer.get_custom_meta("InstSegMeta").get_structure()`).

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Results in frame pixels: where the cells of the label map fall on the frame, and the
 //! `results-location` JSON line of a frame (docs/results.md) with every instance's mask
 //! as a COCO compressed RLE at full frame resolution.

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The `instseg` element in real pipelines, with the colour fixture model (embedding = 4 x RGB,
 //! class = dominant colour) on frames of flat red, green and blue shapes.
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Fuzzing the element with broken model files: `tests/fixtures/make_mutants.py` writes a few
 //! hundred of them (wrong ranks, dtypes and shapes, missing and extra outputs, garbage metadata,
 //! truncated and bit-flipped files, odd paths), and each runs through a pipeline in a child

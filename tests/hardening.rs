@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Hostile input against the real element: models and metadata that ask for the impossible,
 //! buffers whose video meta lies about their memory, model paths that are not files, outputs
 //! that are not numbers and a results file on a full disk. Each must give a clear error (or a

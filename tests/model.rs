@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The model runtime on real ONNX Runtime and the fixture models of `tests/fixtures`
 //! (see `make_models.py`). ONNX Runtime is found through the active virtualenv
 //! (`VIRTUAL_ENV`), as a user's would be.

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The visible overlay (docs/metadata.md) on frames of flat coloured shapes, colour model.
 
 mod common;

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! `instseg inference-server=...` against a real Triton Inference Server (python backend,
 //! see `tests/common/triton.rs`): the same results as local ONNX Runtime, batches across
 //! concurrent pipelines, and a clear error for every fault.

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Warm-start tracking (docs/algorithm.md, steps 9 to 14) on synthetic sequences of moving blobs.
 
 mod common;

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The planes of a raw video buffer, located from its `GstVideoMeta` (or, without one, from
 //! the caps) and checked against the buffer's memory before anything reads or writes them.
 //!

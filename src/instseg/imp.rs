@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The `instseg` element: properties, per-stream state and the BaseTransform glue between the
 //! model runtime (`model`), the pre-processing (`preprocess`), the segmentation (`segment`),
 //! the results in frame pixels (`results`, `meta`) and the overlay (`overlay`).

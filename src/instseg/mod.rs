@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The `instseg` element: instance segmentation of raw video with a deep-metric-learning
 //! model run by ONNX Runtime, results attached to each buffer as metadata.
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! What runs an instseg network: the [`Backend`] trait, with two implementations, a local
 //! ONNX Runtime session (`local.rs`) and a model on a KServe v2 / Triton server
 //! (`remote.rs`). The contract check and [`super::Model`] see only this trait.

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Checking a session against "instseg contract 1" (docs/contract.md): the declared input and
 //! outputs, the `instseg.*` metadata, and the shapes of a dry run on a zero image.
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Finding and loading ONNX Runtime at run time, once per process (docs/element.md), and
 //! preloading the CUDA libraries that the pip wheels of `onnxruntime-gpu` depend on.
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The local backend: an ONNX Runtime session in this process, on the CPU, CUDA or TensorRT.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The model runtime for instseg models, with no GStreamer types.
 //!
 //! [`Model::load`] starts a backend for the model (a local ONNX Runtime session, ONNX Runtime

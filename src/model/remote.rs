@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The remote backend: a model on a KServe v2 inference server such as Triton, over HTTP with
 //! Triton's binary tensor extension (a JSON header, then the raw little-endian tensors), on
 //! kept-alive connections. The server's dynamic batcher batches the requests of every stream

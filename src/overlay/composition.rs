@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The overlay as a `GstVideoOverlayCompositionMeta` (`overlay=meta`): the label map in
 //! instance colours as one rectangle scaled onto the mask rectangle, box edges as one-colour
 //! rectangles and the label bands, composed by downstream (or a compositor) while the frame's

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The visible overlay (docs/metadata.md, "Overlay"): instance masks in track colours, box outlines and
 //! "label #track confidence" bands, either drawn into the frame ([`blend`]) or as ARGB
 //! images for a `GstVideoOverlayCompositionMeta` ([`mask_argb`], [`label_argb`]).

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The segmentation core: seed selection, masks and warm-start tracking of Fathi et al.,
 //! "Semantic Instance Segmentation via Deep Metric Learning" (2017), as fixed by
 //! docs/algorithm.md.

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! The hot loop: one fused pass over the grid per selected seed (docs/algorithm.md, steps 4
 //! to 7). For each block of pixels, the squared distances to the seed are accumulated in
 //! registers while the block's D channel rows stream through once; then each pixel that

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Seed selection, masks and exclusive assignment (docs/algorithm.md, steps 1 to 8), with
 //! the warm-start search of steps 10 to 12.
 

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Per-track state between frames and identity assignment (docs/algorithm.md, steps 9 to 14).
 
 use super::{GridPoint, GridRect, Instance, OutputView, SegmentError, Segmentation};

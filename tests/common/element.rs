@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Helpers for tests that run the real `instseg` element: frames of flat coloured shapes with
 //! known masks, and a reader of the `InstSegMeta` a buffer carries.
 

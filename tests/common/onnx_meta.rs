@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Copies of fixture models with other `metadata_props`, written without an ONNX library: a
 //! model file is a protobuf `ModelProto` whose field 14 repeats `{key = 1, value = 2}` entries,
 //! so the top-level fields are copied as they are, except the entries being replaced.

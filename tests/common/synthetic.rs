@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Synthetic model outputs for tests, benches and examples: elliptic blobs of pixels that share
 //! an embedding and a confident class, painted in order over a background (later blobs occlude
 //! earlier ones), plus small deterministic noise.

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! A real Triton Inference Server for tests: the `tritonserver` that `scripts/setup-triton.sh`
 //! installs (its `env.sh` exports the `INSTSEG_TRITON*` variables read here), serving model
 //! repositories that the training toolkit writes (`python -m instseg_train.triton`, python
