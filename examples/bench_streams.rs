@@ -81,11 +81,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seg.static_pad("src").ok_or("no src pad")?.add_probe(
             gst::PadProbeType::BUFFER,
             move |_, _| {
-                if let Some((wall, cpu)) = ENTERED.take() {
-                    if seen.fetch_add(1, Ordering::Relaxed) >= WARM_UP {
-                        let sample = (wall.elapsed(), thread_cpu_time().saturating_sub(cpu));
-                        samples.lock().expect("samples").push(sample);
-                    }
+                if let Some((wall, cpu)) = ENTERED.take()
+                    && seen.fetch_add(1, Ordering::Relaxed) >= WARM_UP
+                {
+                    let sample = (wall.elapsed(), thread_cpu_time().saturating_sub(cpu));
+                    samples.lock().expect("samples").push(sample);
                 }
                 gst::PadProbeReturn::Ok
             },
