@@ -1,6 +1,7 @@
-// SPDX-License-Identifier: MIT OR Apache-2.0
+// SPDX-License-Identifier: MIT
 //! Preprocessing speed: packed RGB, RGBx and NV12 frames at 640x480 and 1280x720 into a
-//! 256x256 letterboxed model input, with the taps cached as in a running stream.
+//! 256x256 letterboxed model input (antialiased shrinking: every source row is read), with the
+//! filter weights and buffers cached as in a running stream.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gstinstseg::preprocess::{

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections import defaultdict
@@ -131,10 +132,36 @@ class _Serial:
 # ----------------------------------------------------------------------------- loading
 
 
+def _round_half_away(x: float) -> int:
+    """``x`` (not negative) rounded to the nearest integer, halves up, as Rust's ``f64::round``
+    (Python's ``round`` takes halves to the even neighbour)."""
+    floor = math.floor(x)
+    return floor + (x - floor >= 0.5)
+
+
 def _letterbox_geometry(h: int, w: int, out_h: int, out_w: int):
+    """(height, width, top, left) of an ``h`` x ``w`` picture letterboxed into ``out_h`` x
+    ``out_w``, as the element's ``Placement::new`` computes it: scaled by the smaller ratio,
+    each side rounded to the nearest pixel (halves up), at least 1 and at most the input,
+    centred with the offsets rounded down."""
     scale = min(out_h / h, out_w / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh = min(out_h, max(1, _round_half_away(h * scale)))
+    nw = min(out_w, max(1, _round_half_away(w * scale)))
     return nh, nw, (out_h - nh) // 2, (out_w - nw) // 2
+
+
+def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An RGB uint8 [h,w,3] image resized to ``height`` x ``width`` with Pillow's bilinear
+    filter (antialiased when shrinking): the horizontal pass first, then the vertical one, each
+    rounded to 8 bits, which is what the element computes (``src/preprocess.rs``). Pillow 13
+    runs the vertical pass first when the height shrinks much more than the width; resizing
+    one axis per call keeps the order, and the result, the same with every Pillow version."""
+    im = Image.fromarray(image)
+    if im.width != width:
+        im = im.resize((width, im.height), Image.BILINEAR)
+    if im.height != height:
+        im = im.resize((width, height), Image.BILINEAR)
+    return np.asarray(im)
 
 
 try:
@@ -157,8 +184,9 @@ class CocoInstances(Dataset):
     ignored. Later annotations are painted over earlier ones; instances left without pixels
     are dropped and ids stay contiguous. Category ids map to 1..C in the order of the json's
     ``categories`` list (``category_names`` holds the names). ``size=(H, W)`` resizes
-    (``resize='letterbox'``: keep aspect, centred, zero padding; or ``'stretch'``), bilinear
-    for the image and nearest for the id map; ``hflip=True`` flips half of the samples.
+    (``resize='letterbox'``: keep aspect, centred, zero padding; or ``'stretch'``) exactly as
+    the element does (``resize_bilinear`` for the image, nearest for the id map);
+    ``hflip=True`` flips half of the samples.
     ``cache=True`` keeps every decoded image and painted map in memory once read (about 4 bytes
     per pixel while an image holds fewer than 256 instances), which spares later epochs the PNG
     and RLE decoding: for datasets that fit in RAM."""
@@ -235,7 +263,7 @@ class CocoInstances(Dataset):
             nh, nw, top, left = out_h, out_w, 0, 0
         else:
             nh, nw, top, left = _letterbox_geometry(h, w, out_h, out_w)
-        img = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        img = resize_bilinear(image, nw, nh)
         # nearest neighbour on pixel centres
         ys = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
         xs = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)

@@ -9,7 +9,8 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from instseg_train.coco import ClipPairs, CocoInstances, generate_dataset, main, write_coco
+from instseg_train.coco import (ClipPairs, CocoInstances, _letterbox_geometry, generate_dataset, main,
+                                resize_bilinear, write_coco)
 from instseg_train.shapes import render_clip, render_scene
 
 SIZE = (48, 64)
@@ -240,3 +241,61 @@ def test_loader_keeps_every_instance_of_an_image_without_background(tmp_path):
     _, ids, classes = CocoInstances(str(tmp_path), str(tmp_path / "ann.json"))[0]
     assert classes.tolist() == [2, 1]
     np.testing.assert_array_equal(ids.numpy(), np.where(left, 2, 1))
+
+
+def test_letterbox_geometry_is_the_elements_placement():
+    """The cases of `letterbox_keeps_the_aspect_ratio_and_centres` in src/preprocess.rs, as
+    (height, width, top, left)."""
+    cases = {
+        (720, 1280, 256, 256): (144, 256, 56, 0),
+        (1280, 720, 256, 256): (256, 144, 0, 56),
+        (241, 321, 256, 256): (192, 256, 32, 0),  # 192.2
+        (241, 321, 255, 256): (192, 256, 31, 0),  # an odd margin: the extra row at the bottom
+        (64, 64, 256, 255): (255, 255, 0, 0),
+        (1, 10000, 256, 256): (1, 256, 127, 0),  # a sliver keeps one row
+        (48, 64, 48, 64): (48, 64, 0, 0),
+        (5, 4, 10, 2): (3, 2, 3, 0),  # 2.5 rounds up, as Rust's f64::round (Python's round: 2)
+        (13, 97, 256, 256): (34, 256, 111, 0),  # 34.3
+    }
+    for (h, w, out_h, out_w), expected in cases.items():
+        assert _letterbox_geometry(h, w, out_h, out_w) == expected, (h, w, out_h, out_w)
+
+
+def _pillow_bilinear_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """One pass of Pillow's bilinear resampling (libImaging/Resample.c, `precompute_coeffs` and
+    `normalize_coeffs_8bpc`) along ``axis``, written out in NumPy."""
+    source = np.moveaxis(image, axis, 0).astype(np.int64)
+    scale = source.shape[0] / size
+    support = max(scale, 1.0)
+    rows = []
+    for i in range(size):
+        centre = (i + 0.5) * scale
+        first = max(int(centre - support + 0.5), 0)
+        end = min(int(centre + support + 0.5), source.shape[0])
+        weights = [max(0.0, 1.0 - abs((x - centre + 0.5) * (1.0 / support))) for x in range(first, end)]
+        total = sum(weights)
+        fixed = [int(0.5 + w / total * (1 << 22)) for w in weights]
+        acc = np.full(source.shape[1:], 1 << 21, np.int64)
+        for k, w in enumerate(fixed):
+            acc += source[first + k] * w
+        rows.append(np.clip(acc >> 22, 0, 255))
+    return np.moveaxis(np.stack(rows).astype(np.uint8), 0, axis)
+
+
+def test_resize_is_pillow_bilinear_horizontal_pass_first():
+    rng = np.random.default_rng(0)
+    # Up, down, mixed, odd; (60, 40) -> (5, 20) is one where Pillow 13 alone runs the vertical
+    # pass first (the height shrinks more than twice as much as the width).
+    for (h, w), (out_h, out_w) in [((13, 97), (34, 256)), ((48, 64), (96, 128)), ((60, 40), (5, 20)),
+                                   ((241, 321), (192, 256)), ((7, 5), (20, 3)), ((9, 9), (9, 4))]:
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        expected = image
+        if out_w != w:
+            expected = _pillow_bilinear_axis(expected, out_w, 1)
+        if out_h != h:
+            expected = _pillow_bilinear_axis(expected, out_h, 0)
+        np.testing.assert_array_equal(resize_bilinear(image, out_w, out_h), expected, err_msg=f"{h}x{w}")
+    # The row of the issue: 16 pixels 255, 0, 0, 0 repeated, shrunk to 4 (antialiased).
+    row = np.zeros((1, 16, 3), np.uint8)
+    row[0, ::4] = 255
+    assert resize_bilinear(row, 4, 1)[0, :, 0].tolist() == [73, 64, 64, 46]
