@@ -19,3 +19,21 @@ cargo test --locked
 # The Rust example an application would start from (the Python one and the demo run in pytest).
 target/debug/examples/print_instances | tail -n 3
 python -m pytest -q tests/python training/tests
+
+# The `analytics` feature (GstAnalytics, GStreamer >= 1.26) against a GStreamer built from the
+# source tarball beside the clone, once per machine (scripts/build-gstreamer.sh), in a separate
+# target directory; the default build above stays on the system's GStreamer 1.22.
+gst_tarball=$(ls ../shared/third-party/gstreamer-*.tar.xz 2>/dev/null | sort | tail -n 1 || true)
+if [ -n "$gst_tarball" ]; then
+  (
+    gst_env=$(scripts/build-gstreamer.sh "$gst_tarball")
+    . "$gst_env"
+    export CARGO_TARGET_DIR=target/analytics
+    cargo clippy --all-targets --locked --features analytics -- -D warnings
+    # The plugin library that the PyGObject reader of the tests loads.
+    cargo build --locked --features analytics
+    cargo test --locked --features analytics --test analytics
+  )
+else
+  echo "analytics: no GStreamer tarball at ../shared/third-party/gstreamer-*.tar.xz, skipped"
+fi

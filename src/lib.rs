@@ -10,6 +10,8 @@
 
 use gst::glib;
 
+#[cfg(feature = "analytics")]
+pub mod analytics;
 mod instseg;
 pub mod meta;
 pub mod model;

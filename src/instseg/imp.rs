@@ -384,6 +384,9 @@ struct State {
     last: Option<Published>,
     /// Frames since the last inference.
     since_inference: u32,
+    /// First and last seen times of the tracks, for the analytics meta's tracking Mtds.
+    #[cfg(feature = "analytics")]
+    tracks: crate::analytics::Tracks,
 }
 
 /// What one frame produced besides its buffer: messages to post once the locks are released.
@@ -650,6 +653,15 @@ fn publish(
             ("Cannot attach {}: {err}", meta::META_NAME)
         )
     })?;
+    #[cfg(feature = "analytics")]
+    crate::analytics::publish(
+        buf,
+        result,
+        &published.mask,
+        carried,
+        &state.params.tracking,
+        &mut state.tracks,
+    )?;
     if let Some(file) = results {
         let pts = buf.pts().map(gst::ClockTime::nseconds);
         file.write(*frame_index, pts, carried, result)
@@ -1021,6 +1033,8 @@ impl BaseTransformImpl for InstSeg {
             warned_non_finite: false,
             last: None,
             since_inference: 0,
+            #[cfg(feature = "analytics")]
+            tracks: Default::default(),
         });
         Ok(())
     }
@@ -1034,7 +1048,14 @@ impl BaseTransformImpl for InstSeg {
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_video::VideoInfo::from_caps(incaps)
             .map_err(|_| gst::loggable_error!(CAT, "Invalid caps {incaps}"))?;
-        // As textoverlay does: ask downstream whether it composes overlays itself.
+        // As textoverlay does: give downstream the caps, then ask it whether it composes
+        // overlays itself (an allocation query before the caps leaves some elements, such as
+        // segmentationoverlay, unnegotiated).
+        if self.obj().src_pad().current_caps().as_ref() != Some(outcaps) {
+            self.obj()
+                .src_pad()
+                .push_event(gst::event::Caps::new(outcaps));
+        }
         let mut query = gst::query::Allocation::new(Some(outcaps), false);
         let downstream_composes = self.obj().src_pad().peer_query(&mut query)
             && query
