@@ -13,7 +13,7 @@
 //! Each frame goes through a real pipeline, `videotestsrc num-buffers=1 SOURCE ! CAPS`, into
 //! an appsink as it is, and, with `converted_caps`, through a `tee` into `videoconvert !
 //! CONVERTED_CAPS` too. The frame is mapped and preprocessed as the element does (`FrameRef`
-//! from the mapped planes and strides, the colorimetry read from the caps as the element reads
+//! from the planes `PlaneLayout` locates, the colorimetry read from the caps as the element reads
 //! it, `Placement::new`, `Preprocessor::run`). Written to `OUT_DIR`: `NAME.K.f32` (the tensor
 //! of input K, little-endian float32 `[3][height][width]`); `NAME.rgb` (the converted frame in
 //! 8-bit RGB `[height][width][3]`, 16-bit values rounded to the nearest of `v / 257`, ties to
@@ -28,9 +28,9 @@ use std::{env, fs};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
+use gstinstseg::frame::{PlaneLayout, colorimetry};
 use gstinstseg::preprocess::{
-    Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
-    YuvMatrix,
+    FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode, YuvMatrix,
 };
 use serde_json::{Value, json};
 
@@ -135,20 +135,15 @@ fn dump(
         .ok_or(format!("unsupported format {:?}", info.format()))?;
     let colorimetry = colorimetry(info);
     let (width, height) = (info.width(), info.height());
-    let plane = |i: u32| -> Result<(&[u8], usize), Error> {
-        if i < raw.n_planes() {
-            Ok((raw.plane_data(i)?, raw.plane_stride()[i as usize] as usize))
-        } else {
-            Ok((&[][..], 0))
-        }
-    };
-    let [(y, y_stride), (u, u_stride), (v, v_stride)] = [plane(0)?, plane(1)?, plane(2)?];
+    // The planes as the element locates them: from the video meta, checked against the memory.
+    let layout = PlaneLayout::of(raw.buffer(), info, format)?;
+    let map = raw.buffer().map_readable()?;
     let frame = FrameRef {
         format,
         width: width as usize,
         height: height as usize,
-        planes: [y, u, v],
-        strides: [y_stride, u_stride, v_stride],
+        planes: layout.planes(&map),
+        strides: layout.strides(),
         colorimetry,
     };
 
@@ -209,19 +204,6 @@ fn dump(
         "planes": planes,
         "inputs": inputs,
     }))
-}
-
-/// The element's reading of the caps' colorimetry (`src/instseg/imp.rs`).
-fn colorimetry(info: &gst_video::VideoInfo) -> Colorimetry {
-    let colorimetry = info.colorimetry();
-    Colorimetry {
-        matrix: match colorimetry.matrix() {
-            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
-            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
-            _ => YuvMatrix::Bt601,
-        },
-        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
-    }
 }
 
 /// Bytes per row (without padding) and rows of plane `i`.

@@ -12,6 +12,7 @@ use gst::glib;
 
 #[cfg(feature = "analytics")]
 pub mod analytics;
+pub mod frame;
 mod instseg;
 pub mod meta;
 pub mod model;

@@ -13,8 +13,8 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::frame::PlaneLayout;
 use super::{ExecutionProvider, Overlay};
+use crate::frame::{PlaneLayout, colorimetry};
 use crate::meta;
 use crate::model::{
     self, ActiveProvider, Contract, Model, ModelError, ModelOutputs, ModelSource, SessionOptions,
@@ -22,7 +22,6 @@ use crate::model::{
 use crate::overlay::{self, OverlayInstance, OverlayStyle};
 use crate::preprocess::{
     Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
-    YuvMatrix,
 };
 use crate::results::{FrameResult, GridCrop, MaskGeometry, ResultsFile};
 use crate::segment::{OutputView, Params, Segmenter};
@@ -691,18 +690,6 @@ fn model_error(err: &ModelError) -> gst::ErrorMessage {
             gst::error_msg!(gst::LibraryError::Init, ("{err}"))
         }
         ModelError::Inference(_) => gst::error_msg!(gst::LibraryError::Failed, ("{err}")),
-    }
-}
-
-fn colorimetry(info: &gst_video::VideoInfo) -> Colorimetry {
-    let colorimetry = info.colorimetry();
-    Colorimetry {
-        matrix: match colorimetry.matrix() {
-            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
-            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
-            _ => YuvMatrix::Bt601,
-        },
-        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
     }
 }
 

@@ -5,7 +5,6 @@
 use gst::glib;
 use gst::prelude::*;
 
-mod frame;
 mod imp;
 
 /// Which ONNX Runtime execution provider runs the model.

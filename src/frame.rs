@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 //! The planes of a raw video buffer, located from its `GstVideoMeta` (or, without one, from
-//! the caps) and checked against the buffer's memory before anything reads or writes them.
+//! the caps) and checked against the buffer's memory before anything reads or writes them, and
+//! the colorimetry of its caps: what the element hands to [`crate::preprocess`].
 //!
 //! GStreamer 1.22 maps a frame with whatever offsets and strides the meta claims, so a lying
 //! meta would make every plane access go out of bounds. Here each plane becomes a range of the
@@ -8,7 +9,20 @@
 
 use std::ops::Range;
 
-use crate::preprocess::PixelFormat;
+use crate::preprocess::{Colorimetry, PixelFormat, YuvMatrix};
+
+/// The YUV matrix and range that `info`'s colorimetry gives; BT.601 for any other matrix.
+pub fn colorimetry(info: &gst_video::VideoInfo) -> Colorimetry {
+    let colorimetry = info.colorimetry();
+    Colorimetry {
+        matrix: match colorimetry.matrix() {
+            gst_video::VideoColorMatrix::Bt709 => YuvMatrix::Bt709,
+            gst_video::VideoColorMatrix::Bt2020 => YuvMatrix::Bt2020,
+            _ => YuvMatrix::Bt601,
+        },
+        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
+    }
+}
 
 /// Where the planes of one buffer lie in its memory (mapped as one slice).
 #[derive(Debug, Clone, PartialEq, Eq)]
