@@ -44,18 +44,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
   start=$(date +%s)
   packages=(build-essential pkg-config flex bison libglib2.0-dev libpango1.0-dev libcairo2-dev)
   [ "$introspection" = enabled ] && packages+=(gobject-introspection libgirepository1.0-dev)
-  missing=()
-  for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
-      missing+=("$package")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "build-gstreamer: installing ${missing[*]}" >&2
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  scripts/apt-install.sh "${packages[@]}" >&2
   # meson >= 1.4 and ninja from PyPI, in a venv of the cache's own.
   if ! "$cache/venv/bin/meson" --version >/dev/null 2>&1 || ! "$cache/venv/bin/ninja" --version >/dev/null 2>&1; then
     rm -rf "$cache/venv"
