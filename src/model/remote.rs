@@ -197,9 +197,14 @@ impl RemoteBackend {
                 self.url,
                 self.timeout.as_millis()
             )),
-            err => ModelError::Server(format!(
+            err if is_transient(&err) => ModelError::Server(format!(
                 "cannot reach inference server for {} ({err}, after {RETRIES} retries); check \
                  that the server runs and the URL",
+                self.url
+            )),
+            err => ModelError::Server(format!(
+                "cannot reach inference server for {} ({err}); check that the server runs and \
+                 the URL",
                 self.url
             )),
         }
@@ -287,7 +292,7 @@ impl RemoteBackend {
         let header: InferAnswer = serde_json::from_slice(&answer[..header_length])
             .map_err(|err| malformed(err.to_string()))?;
         let mut data = &answer[header_length..];
-        let mut found = 0;
+        let (mut has_embedding, mut has_classes) = (false, false);
         for output in header.outputs {
             let size = output
                 .parameters
@@ -304,11 +309,22 @@ impl RemoteBackend {
             }
             let (bytes, rest) = data.split_at(size);
             data = rest;
-            let (values, dims) = match output.name.as_str() {
-                "embedding" => (&mut outputs.embedding, &mut outputs.embedding_shape),
-                "classes" => (&mut outputs.classes, &mut outputs.classes_shape),
+            let (values, dims, seen) = match output.name.as_str() {
+                "embedding" => (
+                    &mut outputs.embedding,
+                    &mut outputs.embedding_shape,
+                    &mut has_embedding,
+                ),
+                "classes" => (
+                    &mut outputs.classes,
+                    &mut outputs.classes_shape,
+                    &mut has_classes,
+                ),
                 _ => continue,
             };
+            if std::mem::replace(seen, true) {
+                return Err(malformed(format!("output `{}` comes twice", output.name)));
+            }
             let count: Option<usize> = output
                 .shape
                 .iter()
@@ -327,10 +343,11 @@ impl RemoteBackend {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
-            found += 1;
         }
-        if found != 2 {
-            return Err(malformed("it lacks `embedding` or `classes`".into()));
+        for (name, seen) in [("embedding", has_embedding), ("classes", has_classes)] {
+            if !seen {
+                return Err(malformed(format!("it lacks output `{name}`")));
+            }
         }
         Ok(())
     }
@@ -476,7 +493,21 @@ mod tests {
                 &mut outputs,
             )
             .unwrap_err();
-        assert!(error.to_string().contains("lacks"), "{error}");
+        assert!(
+            error.to_string().contains("lacks output `embedding`"),
+            "{error}"
+        );
+
+        let twice = r#"{"outputs":[
+            {"name":"embedding","datatype":"FP32","shape":[1,1,1,1],"parameters":{"binary_data_size":4}},
+            {"name":"embedding","datatype":"FP32","shape":[1,1,1,1],"parameters":{"binary_data_size":4}}]}"#;
+        let error = backend
+            .read_outputs(&answer(twice, &[1.0, 2.0]), &mut outputs)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("`embedding` comes twice"),
+            "{error}"
+        );
     }
 
     #[test]
