@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-//! The model input from one raw video frame (SPEC sections 1 and 4).
+//! The model input from one raw video frame (docs/contract.md, docs/element.md).
 //!
 //! A frame in one of the twelve formats the element accepts becomes a planar `[3][H][W]`
 //! float32 RGB tensor with value `(pixel / 255 - mean[c]) / std[c]`. The frame is resized
@@ -55,7 +55,7 @@
 
 use std::fmt;
 
-/// The raw video formats of the element's caps (SPEC section 4), named as in GStreamer.
+/// The raw video formats of the element's caps, named as in GStreamer.
 ///
 /// Packed formats are named by their bytes in memory order (`Rgbx` is R, G, B, padding);
 /// `I420` and `Nv12` are 8-bit 4:2:0 YUV with three planes (Y, U, V) and two planes (Y,
@@ -216,8 +216,8 @@ impl FrameRef<'_> {
     }
 }
 
-/// How the frame is fitted into the model input (the `instseg.resize` metadata of SPEC
-/// section 1).
+/// How the frame is fitted into the model input (the `instseg.resize` metadata key,
+/// docs/contract.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResizeMode {
     /// Keep the aspect ratio, centre the picture and pad the rest.

@@ -14,8 +14,7 @@
 use gst::prelude::*;
 use gst_video::prelude::*;
 use gstinstseg::preprocess::{
-    Colorimetry, FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
-    YuvMatrix,
+    FrameRef, Normalization, PixelFormat, Placement, Preprocessor, ResizeMode,
 };
 
 const IMAGENET: Normalization = Normalization {
@@ -102,20 +101,6 @@ fn map(sample: &gst::Sample) -> gst_video::VideoFrameRef<&gst::BufferRef> {
     gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info).unwrap()
 }
 
-fn colorimetry(colorimetry: gst_video::VideoColorimetry) -> Colorimetry {
-    use gst_video::VideoColorMatrix as M;
-    Colorimetry {
-        matrix: match colorimetry.matrix() {
-            M::Bt601 => YuvMatrix::Bt601,
-            M::Bt709 => YuvMatrix::Bt709,
-            M::Bt2020 => YuvMatrix::Bt2020,
-            // RGB formats: ignored.
-            _ => YuvMatrix::Bt601,
-        },
-        full_range: colorimetry.range() == gst_video::VideoColorRange::Range0_255,
-    }
-}
-
 /// Preprocesses a mapped frame, as the element does.
 fn preprocess(
     frame: &gst_video::VideoFrameRef<&gst::BufferRef>,
@@ -138,7 +123,7 @@ fn preprocess(
         height: frame.height() as usize,
         planes: [y, u, v],
         strides: [y_stride, u_stride, v_stride],
-        colorimetry: colorimetry(frame.info().colorimetry()),
+        colorimetry: gstinstseg::frame::colorimetry(frame.info()),
     };
     let placement = Placement::new(
         frame.width as u32,

@@ -538,8 +538,14 @@ impl InstSeg {
             err => gst::error_msg!(gst::LibraryError::Failed, ("Inference failed: {err}")),
         })?;
         let inferred = Instant::now();
-        let non_finite = outputs.non_finite_share();
-        if non_finite > 0.5 && !std::mem::replace(warned_non_finite, true) {
+        // Scanning the outputs costs a pass over them; once warned, there is nothing to report.
+        let non_finite = if *warned_non_finite {
+            0.0
+        } else {
+            outputs.non_finite_share()
+        };
+        if non_finite > 0.5 {
+            *warned_non_finite = true;
             outcome.warning = Some(format!(
                 "{:.0}% of the model's outputs on frame {frame_index} are NaN or infinite: \
                  those pixels are never part of an instance; check the model and its \

@@ -18,7 +18,7 @@ const WEAK_SEED_GROWTH: u32 = 2;
 /// taking a crossing neighbour that is more seed-like (default model, validation clips: 0 /
 /// 0.05 / 0.1 / 0.2 / 0.3 gave 2.26 / 1.94 / 1.94 / 2.03 / 2.16 identity switches per 100
 /// instance-frames, and a weight of 1, the best seediness times similarity, 2.79).
-const SEED_LIKE_SIMILARITY_WEIGHT: f64 = 0.1;
+const WARM_SEED_SIMILARITY_WEIGHT: f64 = 0.1;
 
 /// Per-frame buffers, sized h x w and reused from frame to frame.
 #[derive(Debug, Default)]
@@ -112,7 +112,7 @@ impl Workspace {
     }
 
     /// The candidate in the track's window whose similarity to the track reaches
-    /// match-similarity and that maximises ln S_p + `SEED_LIKE_SIMILARITY_WEIGHT` ln sigma(p,
+    /// match-similarity and that maximises ln S_p + `WARM_SEED_SIMILARITY_WEIGHT` ln sigma(p,
     /// track). A candidate here is a valid,
     /// uncovered pixel whose seediness reaches the tracks' own threshold (by default the
     /// seed-threshold, which makes it exactly a step 2 candidate); one under seed-threshold
@@ -169,7 +169,7 @@ impl Workspace {
                     continue;
                 }
                 let score = self.pixels.scoring.ln_seediness(pixel)
-                    + SEED_LIKE_SIMILARITY_WEIGHT * ln_similarity(distance);
+                    + WARM_SEED_SIMILARITY_WEIGHT * ln_similarity(distance);
                 if score > best_score {
                     best = Some(pixel);
                     best_score = score;
