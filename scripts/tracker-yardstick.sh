@@ -10,9 +10,10 @@
 # the model card's target/shapes-data), MODEL to models/default.onnx (the embedded model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${1:-target/yardstick-clips}
-model=${2:-models/default.onnx}
-shift $(( $# > 2 ? 2 : $# ))
+data=target/yardstick-clips
+model=models/default.onnx
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then data=$1; shift; fi
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then model=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 . .venv/bin/activate

@@ -3,8 +3,7 @@
 # renders the procedural shapes dataset and training clips (seed 0), trains the network (seed 0), copies the ONNX
 # file to models/, and scores it through the real plugin on the held-out test split and clips.
 # Rendering and training take 79 to 88 minutes on a 2-core Intel Xeon with AMX, depending on the VM's speed that
-# day (78 on an AMD Zen 4, timed with an earlier network)
-# (bfloat16 needs AVX-512 BF16 or AMX to be fast: elsewhere --precision auto trains in float32, about 130 minutes
+# day (bfloat16 needs AVX-512 BF16 or AMX to be fast: elsewhere --precision auto trains in float32, about 130 minutes
 # on a 2-core AVX2-only AMD EPYC). Rebuild the plugin afterwards to embed it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
