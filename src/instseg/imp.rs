@@ -321,11 +321,7 @@ struct Published {
 
 impl Published {
     fn new(result: FrameResult) -> Self {
-        let texts = result
-            .instances
-            .iter()
-            .map(|i| format!("{} #{} {:.2}", i.label, i.track_id, i.confidence))
-            .collect();
+        let texts = result.instances.iter().map(overlay::label_text).collect();
         let mask = gst::Buffer::from_slice(result.labels.clone());
         Self {
             result,
@@ -334,31 +330,8 @@ impl Published {
         }
     }
 
-    /// What the overlay draws for each instance, least confident first, so that the boxes and
-    /// labels of the most confident instances end up on top of any they overlap.
     fn overlay_instances(&self) -> Vec<OverlayInstance<'_>> {
-        let mut instances: Vec<_> = self
-            .result
-            .instances
-            .iter()
-            .zip(&self.texts)
-            .map(|(instance, text)| {
-                (
-                    instance.confidence,
-                    OverlayInstance {
-                        region: instance.region,
-                        track_id: instance.track_id,
-                        bbox: instance.bbox,
-                        text,
-                    },
-                )
-            })
-            .collect();
-        instances.sort_by(|a, b| a.0.total_cmp(&b.0));
-        instances
-            .into_iter()
-            .map(|(_, instance)| instance)
-            .collect()
+        overlay::draw_order(&self.result.instances, &self.texts)
     }
 }
 

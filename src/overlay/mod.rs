@@ -14,7 +14,7 @@
 pub mod composition;
 
 use crate::preprocess::PixelFormat;
-use crate::results::MaskGeometry;
+use crate::results::{FrameInstance, MaskGeometry};
 
 /// Stable colour of a track (same id, same colour on every frame; neighbouring ids clearly
 /// different): golden-ratio hue steps at full saturation and brightness.
@@ -32,6 +32,34 @@ pub fn track_colour(track_id: u64) -> [u8; 3] {
         4 => [rising, 0, 255],
         _ => [255, 0, falling],
     }
+}
+
+/// What the overlay writes above an instance's box: "label #track confidence".
+pub fn label_text(instance: &FrameInstance) -> String {
+    format!(
+        "{} #{} {:.2}",
+        instance.label, instance.track_id, instance.confidence
+    )
+}
+
+/// The instances to draw, least confident first, so that the boxes and labels of the most
+/// confident instances end up on top of any they overlap; `texts[i]` is instance i's
+/// [`label_text`].
+pub fn draw_order<'a>(
+    instances: &'a [FrameInstance],
+    texts: &'a [String],
+) -> Vec<OverlayInstance<'a>> {
+    let mut order: Vec<_> = instances.iter().zip(texts).collect();
+    order.sort_by(|a, b| a.0.confidence.total_cmp(&b.0.confidence));
+    order
+        .into_iter()
+        .map(|(instance, text)| OverlayInstance {
+            region: instance.region,
+            track_id: instance.track_id,
+            bbox: instance.bbox,
+            text,
+        })
+        .collect()
 }
 
 /// One instance to draw.
@@ -623,6 +651,35 @@ fn glyph(c: char) -> Glyph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn most_confident_instances_are_drawn_last() {
+        let instance = |region: u8, confidence: f64| FrameInstance {
+            region,
+            track_id: u64::from(region) + 10,
+            class_id: 1,
+            label: "star".into(),
+            confidence,
+            threshold: 0.5,
+            bbox: [0, 0, 4, 4],
+            seed: [1, 1],
+            area: 16,
+            age: 0,
+        };
+        let instances = [instance(1, 0.5), instance(2, 0.9), instance(3, 0.125)];
+        let texts: Vec<String> = instances.iter().map(label_text).collect();
+        assert_eq!(texts[0], "star #11 0.50");
+        let order = draw_order(&instances, &texts);
+        let drawn: Vec<(u8, &str)> = order.iter().map(|i| (i.region, i.text)).collect();
+        assert_eq!(
+            drawn,
+            [
+                (3, "star #13 0.12"),
+                (1, "star #11 0.50"),
+                (2, "star #12 0.90")
+            ]
+        );
+    }
 
     /// A frame with padded strides and a pattern in every byte.
     struct TestFrame {
