@@ -287,11 +287,13 @@ impl RemoteBackend {
                 self.url
             ))
         };
-        let header_length =
-            json_length(answer).ok_or_else(|| malformed("no JSON header".into()))?;
-        let header: InferAnswer = serde_json::from_slice(&answer[..header_length])
+        // The JSON header ends with its outermost object; the outputs' bytes follow.
+        let mut stream = serde_json::Deserializer::from_slice(answer).into_iter::<InferAnswer>();
+        let header = stream
+            .next()
+            .ok_or_else(|| malformed("no JSON header".into()))?
             .map_err(|err| malformed(err.to_string()))?;
-        let mut data = &answer[header_length..];
+        let mut data = &answer[stream.byte_offset()..];
         let (mut has_embedding, mut has_classes) = (false, false);
         for output in header.outputs {
             let size = output
@@ -351,13 +353,6 @@ impl RemoteBackend {
         }
         Ok(())
     }
-}
-
-/// The length of the JSON header at the start of `answer`: the end of its outermost object.
-fn json_length(answer: &[u8]) -> Option<usize> {
-    let mut stream = serde_json::Deserializer::from_slice(answer).into_iter::<serde_json::Value>();
-    stream.next()?.ok()?;
-    Some(stream.byte_offset())
 }
 
 /// `http://HOST:PORT` of a model URL, which must be
