@@ -61,15 +61,6 @@ unsafe impl AnalyticsMtd for AnalyticsSegmentationMtd {
     }
 }
 
-/// `GstSegmentationType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SegmentationType {
-    /// All objects of a class share a region id.
-    Semantic,
-    /// Each object has its own region id.
-    Instance,
-}
-
 /// The rectangle of the frame that a segmentation mask covers (frame pixels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaskRect {
@@ -81,13 +72,12 @@ pub struct MaskRect {
 
 /// Adds segmentation Mtds to a relation meta.
 pub trait RelationMetaSegmentationExt {
-    /// `gst_analytics_relation_meta_add_segmentation_mtd`: `masks` must carry a GRAY8 or
-    /// GRAY16 `GstVideoMeta`; `region_ids[i]` is the mask value of region index i. Returns the
-    /// new Mtd's id.
+    /// `gst_analytics_relation_meta_add_segmentation_mtd` of an instance segmentation (each
+    /// object has its own region id): `masks` must carry a GRAY8 or GRAY16 `GstVideoMeta`;
+    /// `region_ids[i]` is the mask value of region index i. Returns the new Mtd's id.
     fn add_segmentation_mtd(
         &mut self,
         masks: gst::Buffer,
-        kind: SegmentationType,
         region_ids: &[u32],
         rect: MaskRect,
     ) -> Result<u32, glib::BoolError>;
@@ -99,14 +89,9 @@ impl RelationMetaSegmentationExt
     fn add_segmentation_mtd(
         &mut self,
         masks: gst::Buffer,
-        kind: SegmentationType,
         region_ids: &[u32],
         rect: MaskRect,
     ) -> Result<u32, glib::BoolError> {
-        let kind = match kind {
-            SegmentationType::Semantic => ffi::GST_SEGMENTATION_TYPE_SEMANTIC,
-            SegmentationType::Instance => ffi::GST_SEGMENTATION_TYPE_INSTANCE,
-        };
         let mut mtd = ffi::GstAnalyticsSegmentationMtd {
             id: 0,
             meta: std::ptr::null_mut(),
@@ -118,7 +103,7 @@ impl RelationMetaSegmentationExt
             let added: bool = from_glib(ffi::gst_analytics_relation_meta_add_segmentation_mtd(
                 self.as_mut_ptr(),
                 buffer,
-                kind,
+                ffi::GST_SEGMENTATION_TYPE_INSTANCE,
                 region_ids.len(),
                 region_ids.as_ptr() as *mut u32,
                 rect.x,
@@ -147,23 +132,6 @@ pub struct SegmentationMtd<'a> {
 }
 
 impl<'a> SegmentationMtd<'a> {
-    /// The segmentation Mtd `id` of `meta`, if it is one.
-    pub fn get(meta: &'a AnalyticsRelationMeta, id: u32) -> Option<Self> {
-        let mut mtd = ffi::GstAnalyticsSegmentationMtd {
-            id: 0,
-            meta: std::ptr::null_mut(),
-        };
-        // SAFETY: a read-only lookup in a valid meta.
-        let found: bool = unsafe {
-            from_glib(ffi::gst_analytics_relation_meta_get_segmentation_mtd(
-                relation_ptr(meta),
-                id,
-                &mut mtd,
-            ))
-        };
-        found.then_some(Self { meta, id })
-    }
-
     /// Every segmentation Mtd of `meta`, in id order.
     pub fn all(meta: &'a gst::MetaRef<'a, AnalyticsRelationMeta>) -> Vec<SegmentationMtd<'a>> {
         let relation: &'a AnalyticsRelationMeta = meta;
@@ -228,19 +196,6 @@ impl<'a> SegmentationMtd<'a> {
         (index < self.region_count())
             .then(|| unsafe { ffi::gst_analytics_segmentation_mtd_get_region_id(&handle, index) })
     }
-
-    /// Region index of mask value `id`.
-    pub fn region_index(&self, id: u32) -> Option<usize> {
-        let handle = self.handle();
-        let mut index = 0;
-        // SAFETY: as in `mask`.
-        let found: bool = unsafe {
-            from_glib(ffi::gst_analytics_segmentation_mtd_get_region_index(
-                &handle, &mut index, id,
-            ))
-        };
-        found.then_some(index)
-    }
 }
 
 /// The C API takes mutable pointers for lookups too; they do not write.
@@ -254,6 +209,7 @@ pub struct TrackInfo {
     pub id: u64,
     pub first_seen: Option<gst::ClockTime>,
     pub last_seen: Option<gst::ClockTime>,
+    /// Set by a tracker that lost the object; instseg forgets such tracks instead.
     pub lost: bool,
 }
 
@@ -278,9 +234,6 @@ fn add_tracking_mtd(
             return Err(glib::bool_error!("Cannot add a tracking Mtd"));
         }
         ffi::gst_analytics_tracking_mtd_update_last_seen(&mut mtd, track.last_seen.into_glib());
-        if track.lost {
-            ffi::gst_analytics_tracking_mtd_set_lost(&mut mtd);
-        }
     }
     Ok(mtd.id)
 }
@@ -405,8 +358,7 @@ pub fn attach(
     let mut meta = buffer
         .meta_mut::<AnalyticsRelationMeta>()
         .expect("added above");
-    let segmentation =
-        meta.add_segmentation_mtd(masks, SegmentationType::Instance, &region_ids, rect)?;
+    let segmentation = meta.add_segmentation_mtd(masks, &region_ids, rect)?;
     let classification = meta.add_cls_mtd(&levels, &classes)?.id();
     meta.set_relation(RelTypes::N_TO_N, segmentation, classification)?;
     meta.set_relation(RelTypes::N_TO_N, classification, segmentation)?;
@@ -437,8 +389,6 @@ pub fn attach(
 pub struct AnalyticsInstance {
     /// Its value in the mask.
     pub region: u32,
-    /// The object-detection Mtd's id.
-    pub mtd_id: u32,
     /// The object-detection Mtd's type (quark) as a string.
     pub label: String,
     pub confidence: f32,
@@ -516,7 +466,6 @@ pub fn read(buffer: &gst::BufferRef) -> Option<AnalyticsFrame> {
                 .collect();
             AnalyticsInstance {
                 region: region_ids.get(index + 1).copied().unwrap_or(0),
-                mtd_id: od.id(),
                 label: od
                     .obj_type()
                     .map(|q| q.as_str().to_string())
