@@ -410,6 +410,25 @@ impl GridCrop {
     }
 }
 
+#[cfg(test)]
+impl FrameInstance {
+    /// An instance of class 3 in a 2x1 box, for tests.
+    pub(crate) fn example(region: u8, track_id: u64, label: &str, confidence: f64) -> Self {
+        FrameInstance {
+            region,
+            track_id,
+            class_id: 3,
+            label: label.into(),
+            confidence,
+            threshold: 0.5,
+            bbox: [0, 1, 2, 1],
+            seed: [1, 1],
+            area: 1,
+            age: 0,
+        }
+    }
+}
+
 /// One inferred frame's result in frame pixels: the label map cropped to the picture and the
 /// instances, in acceptance order.
 #[derive(Debug, Clone, PartialEq)]
@@ -911,29 +930,14 @@ mod tests {
         }
     }
 
-    fn instance(region: u8, track_id: u64, label: &str, confidence: f64) -> FrameInstance {
-        FrameInstance {
-            region,
-            track_id,
-            class_id: 3,
-            label: label.into(),
-            confidence,
-            threshold: 0.5,
-            bbox: [0, 1, 2, 1],
-            seed: [1, 1],
-            area: 1,
-            age: 0,
-        }
-    }
-
     #[test]
     fn frame_line_is_json_with_every_field() {
         let result = FrameResult {
             labels: vec![1, 0, 0, 2],
             geometry: geometry((2, 2), (0, 1, 4, 2), (4, 4)),
             instances: vec![
-                instance(1, 7, "cat \"tabby\" \\ 1", 0.875),
-                instance(2, u64::MAX, "dog", f64::NAN),
+                FrameInstance::example(1, 7, "cat \"tabby\" \\ 1", 0.875),
+                FrameInstance::example(2, u64::MAX, "dog", f64::NAN),
             ],
         };
         let mut line = Vec::new();

@@ -654,17 +654,8 @@ mod tests {
 
     #[test]
     fn most_confident_instances_are_drawn_last() {
-        let instance = |region: u8, confidence: f64| FrameInstance {
-            region,
-            track_id: u64::from(region) + 10,
-            class_id: 1,
-            label: "star".into(),
-            confidence,
-            threshold: 0.5,
-            bbox: [0, 0, 4, 4],
-            seed: [1, 1],
-            area: 16,
-            age: 0,
+        let instance = |region: u8, confidence: f64| {
+            FrameInstance::example(region, u64::from(region) + 10, "star", confidence)
         };
         let instances = [instance(1, 0.5), instance(2, 0.9), instance(3, 0.125)];
         let texts: Vec<String> = instances.iter().map(label_text).collect();
