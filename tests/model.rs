@@ -11,7 +11,7 @@ use gstinstseg::model::{
     ActiveProvider, ExecutionProvider, Model, ModelError, ModelOutputs, ModelSource, Resize,
     SessionOptions,
 };
-use gstinstseg::segment::Overlaps;
+use gstinstseg::segment::{Overlaps, Params};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,14 +56,16 @@ fn colour_model_contract() {
     assert_eq!(contract.labels, ["red", "green", "blue"]);
     assert_eq!((contract.mean, contract.std), ([0.0; 3], [1.0; 3]));
     assert_eq!(contract.resize, Resize::Letterbox);
-    assert_eq!(contract.alpha, Some(0.3));
-    assert_eq!(contract.seed_threshold, Some(0.5));
-    assert_eq!(contract.min_area, Some(4));
-    assert_eq!(contract.track_seed_threshold, None);
-    assert_eq!(contract.overlaps, None);
-    assert_eq!(contract.max_overlap, None);
-    assert_eq!(contract.match_similarity, None);
-    assert_eq!(contract.search_radius, None);
+    // The file's alpha, seed-threshold and min-area; the defaults for the keys it lacks.
+    let recipe = &contract.recipe;
+    assert_eq!(recipe.thresholds, [0.5, 0.75]);
+    assert_eq!(recipe.alpha, 0.3);
+    assert_eq!(recipe.seed_threshold, 0.5);
+    assert_eq!(recipe.min_area, 4);
+    let defaults = Params::default();
+    assert_eq!(recipe.overlaps, defaults.overlaps);
+    assert_eq!(recipe.max_overlap, defaults.max_overlap);
+    assert_eq!(recipe.tracking, defaults.tracking);
     assert_eq!(model.active_provider(), ActiveProvider::Cpu);
     assert_eq!(model.active_provider().to_string(), "cpu");
     assert_eq!(model.fallback_reason(), None);
@@ -80,12 +82,13 @@ fn default_model_recommends_its_post_processing() {
     let model = Model::load(&ModelSource::File(path), &cpu()).unwrap();
     let contract = model.contract();
     assert_eq!(contract.labels, ["circle", "square", "triangle", "star"]);
-    assert_eq!(contract.alpha, Some(0.0));
-    assert_eq!(contract.seed_threshold, Some(0.8));
-    assert_eq!(contract.min_area, Some(16));
-    assert_eq!(contract.track_seed_threshold, Some(0.3));
-    assert_eq!(contract.overlaps, Some(Overlaps::Confident));
-    assert_eq!(contract.max_overlap, Some(0.5));
+    let recipe = &contract.recipe;
+    assert_eq!(recipe.alpha, 0.0);
+    assert_eq!(recipe.seed_threshold, 0.8);
+    assert_eq!(recipe.min_area, 16);
+    assert_eq!(recipe.tracking.seed_threshold, Some(0.3));
+    assert_eq!(recipe.overlaps, Overlaps::Confident);
+    assert_eq!(recipe.max_overlap, 0.5);
 }
 
 #[test]
@@ -413,16 +416,14 @@ fn overrides_replace_the_files_values_and_are_checked_as_they_are() {
     )
     .unwrap();
     let contract = model.contract();
-    assert_eq!(contract.alpha, Some(0.7));
-    assert_eq!(contract.min_area, Some(8));
-    assert_eq!(contract.overlaps, Some(Overlaps::Confident));
-    assert_eq!(contract.seed_threshold, Some(0.5), "the file's value");
-    let params = contract.params();
-    assert_eq!((params.alpha, params.min_area), (0.7, 8));
+    assert_eq!(contract.recipe.alpha, 0.7);
+    assert_eq!(contract.recipe.min_area, 8);
+    assert_eq!(contract.recipe.overlaps, Overlaps::Confident);
+    assert_eq!(contract.recipe.seed_threshold, 0.5, "the file's value");
     // Another set of overrides is another model; none is the file's own.
     let plain = load("colour.onnx", &cpu()).unwrap();
     assert!(!Arc::ptr_eq(&model, &plain));
-    assert_eq!(plain.contract().alpha, Some(0.3));
+    assert_eq!(plain.contract().recipe.alpha, 0.3);
 
     for (overrides, needle) in [
         (&[("alpha", "-1")][..], "override instseg.alpha is \"-1\""),

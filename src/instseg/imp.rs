@@ -971,7 +971,7 @@ impl BaseTransformImpl for InstSeg {
             Some(file)
         };
 
-        let recipe = contract.params();
+        let recipe = contract.recipe.clone();
         let mut params = recipe.clone();
         settings
             .frame_settings()

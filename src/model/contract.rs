@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use super::backend::Backend;
 use super::{Contract, ModelError, ModelOutputs, Resize};
-use crate::segment::Overlaps;
+use crate::segment::{Overlaps, Params, TrackingParams};
 
 /// The longest side of a model input the element serves: a 4096x4096 input is already a
 /// 201 MB tensor, and a larger one only comes from a broken or hostile file.
@@ -273,6 +273,23 @@ pub(super) fn validate(
         ));
     }
 
+    let defaults = Params::default();
+    let recipe = Params {
+        thresholds: thresholds.clone(),
+        seed_threshold: seed_threshold.unwrap_or(defaults.seed_threshold),
+        alpha: alpha.unwrap_or(defaults.alpha),
+        min_area: min_area.unwrap_or(defaults.min_area),
+        overlaps: overlaps.unwrap_or(defaults.overlaps),
+        max_overlap: max_overlap.unwrap_or(defaults.max_overlap),
+        tracking: TrackingParams {
+            match_similarity: match_similarity.unwrap_or(defaults.tracking.match_similarity),
+            search_radius,
+            seed_threshold: track_seed_threshold,
+            ..defaults.tracking
+        },
+        ..defaults
+    };
+
     Ok(Contract {
         input_name,
         input_width,
@@ -286,14 +303,7 @@ pub(super) fn validate(
         mean,
         std,
         resize: resize.unwrap_or(Resize::Letterbox),
-        alpha,
-        seed_threshold,
-        track_seed_threshold,
-        overlaps,
-        max_overlap,
-        match_similarity,
-        search_radius,
-        min_area,
+        recipe,
     })
 }
 

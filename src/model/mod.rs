@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use backend::Backend;
 
-use crate::segment::{Overlaps, Params, TrackingParams};
+use crate::segment::Params;
 
 /// The execution provider asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -104,46 +104,9 @@ pub struct Contract {
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub resize: Resize,
-    /// Recommended post-processing defaults; `None` when the model does not say.
-    pub alpha: Option<f64>,
-    pub seed_threshold: Option<f64>,
-    pub min_area: Option<u32>,
-    /// `instseg.track-seed-threshold`, an extension of the contract: see
-    /// `TrackingParams::seed_threshold`.
-    pub track_seed_threshold: Option<f64>,
-    /// `instseg.overlaps`, an extension of the contract: see `segment::Overlaps`.
-    pub overlaps: Option<Overlaps>,
-    /// `instseg.max-overlap`, an extension of the contract: see `segment::Params::max_overlap`.
-    pub max_overlap: Option<f64>,
-    /// `instseg.match-similarity`: see `segment::TrackingParams::match_similarity`.
-    pub match_similarity: Option<f64>,
-    /// `instseg.search-radius`: see `segment::TrackingParams::search_radius`.
-    pub search_radius: Option<u32>,
-}
-
-impl Contract {
-    /// The model's post-processing recipe: its recommendations over the defaults of
-    /// [`Params`] (docs/contract.md lists the keys).
-    pub fn params(&self) -> Params {
-        let defaults = Params::default();
-        Params {
-            thresholds: self.thresholds.clone(),
-            seed_threshold: self.seed_threshold.unwrap_or(defaults.seed_threshold),
-            alpha: self.alpha.unwrap_or(defaults.alpha),
-            max_instances: defaults.max_instances,
-            min_area: self.min_area.unwrap_or(defaults.min_area),
-            overlaps: self.overlaps.unwrap_or(defaults.overlaps),
-            max_overlap: self.max_overlap.unwrap_or(defaults.max_overlap),
-            tracking: TrackingParams {
-                match_similarity: self
-                    .match_similarity
-                    .unwrap_or(defaults.tracking.match_similarity),
-                search_radius: self.search_radius,
-                seed_threshold: self.track_seed_threshold,
-                ..defaults.tracking
-            },
-        }
-    }
+    /// The model's post-processing recipe: the values of its post-processing keys over the
+    /// defaults of [`Params`] (docs/contract.md lists the keys).
+    pub recipe: Params,
 }
 
 /// The execution provider a session actually runs on.
