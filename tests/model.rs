@@ -179,6 +179,12 @@ fn sessions_are_shared_per_model_and_options() {
     let other_path = fixture("../fixtures/colour.onnx");
     let third = Model::load(&ModelSource::File(other_path), &cpu()).unwrap();
     assert!(Arc::ptr_eq(&first, &third));
+    // A local file ignores the server timeout.
+    let timeout = SessionOptions {
+        server_timeout: std::time::Duration::from_millis(1),
+        ..cpu()
+    };
+    assert!(Arc::ptr_eq(&first, &load("colour.onnx", &timeout).unwrap()));
 
     let threads = SessionOptions {
         threads: 1,

@@ -242,7 +242,21 @@ impl Model {
             ModelSource::Embedded { name, .. } => ModelId::Embedded(name),
             ModelSource::Server(url) => ModelId::Server(url.clone()),
         };
-        let key = (id, options.clone());
+        // Options the model ignores are left out, so that elements differing only in those
+        // share one session.
+        let defaults = SessionOptions::default();
+        let key_options = match id {
+            ModelId::Server(_) => SessionOptions {
+                overrides: options.overrides.clone(),
+                server_timeout: options.server_timeout,
+                ..defaults
+            },
+            ModelId::File(_) | ModelId::Embedded(_) => SessionOptions {
+                server_timeout: defaults.server_timeout,
+                ..options.clone()
+            },
+        };
+        let key = (id, key_options);
         let slot = {
             let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
             // Drop the entries of unloaded models nobody is loading.
