@@ -237,3 +237,33 @@ fn auto_attaches_the_meta_when_downstream_composes_overlays() {
         output.map_readable().unwrap().as_slice()
     );
 }
+
+#[test]
+fn carried_frames_reuse_the_composition_until_the_style_changes() {
+    init();
+    let mut h = gst_check::Harness::new_parse(&format!(
+        "instseg model-location={} overlay=meta inference-interval=3",
+        fixture("colour.onnx")
+    ));
+    h.play();
+    let instseg = instseg_of(&h);
+    let mut push = || {
+        let (caps, input) = rgb_frame(96, 96, &shapes(96, 96));
+        h.set_src_caps(caps);
+        let output = h.push_and_pull(input).expect("processed");
+        let composition = output
+            .meta::<gst_video::VideoOverlayCompositionMeta>()
+            .expect("a composition meta")
+            .overlay_owned();
+        (composition.seqnum(), composition.n_rectangles())
+    };
+    let inferred = push();
+    let carried = push();
+    assert_eq!(carried, inferred, "the inferred frame's composition, again");
+    assert!(inferred.1 > 1, "mask, boxes and labels: {inferred:?}");
+
+    instseg.set_property("draw-labels", false);
+    let restyled = push();
+    assert_ne!(restyled.0, inferred.0, "drawn again in the new style");
+    assert!(restyled.1 < inferred.1, "{restyled:?} against {inferred:?}");
+}

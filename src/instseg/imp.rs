@@ -317,6 +317,9 @@ struct Published {
     mask: gst::Buffer,
     /// What the overlay writes above each instance's box: "label #track confidence".
     texts: Vec<String>,
+    /// The `overlay=meta` composition and the style it was drawn in, made on the first frame
+    /// that shows this result and attached again to the frames that carry it.
+    composition: Option<(OverlayStyle, gst_video::VideoOverlayComposition)>,
 }
 
 impl Published {
@@ -327,6 +330,7 @@ impl Published {
             result,
             mask,
             texts,
+            composition: None,
         }
     }
 
@@ -583,7 +587,7 @@ fn publish(
         frame_index,
         ..
     } = state;
-    let (Some(published), Some(geometry)) = (last.as_ref(), geometry.as_ref()) else {
+    let (Some(published), Some(geometry)) = (last.as_mut(), geometry.as_ref()) else {
         return Err(gst::error_msg!(
             gst::CoreError::Negotiation,
             ("No result to attach")
@@ -617,11 +621,24 @@ fn publish(
             );
         }
         Drawing::Meta(style) => {
-            let instances = published.overlay_instances();
-            overlay::composition::attach(buf, &result.labels, &result.geometry, &instances, style)
-                .map_err(|err| {
-                    gst::error_msg!(gst::CoreError::Failed, ("Cannot attach the overlay: {err}"))
-                })?;
+            let composition = match &published.composition {
+                Some((drawn_in, composition)) if *drawn_in == style => composition.clone(),
+                _ => {
+                    let instances = published.overlay_instances();
+                    let composition = overlay::composition::compose(
+                        &result.labels,
+                        &result.geometry,
+                        &instances,
+                        style,
+                    )
+                    .map_err(|err| {
+                        gst::error_msg!(gst::CoreError::Failed, ("Cannot make the overlay: {err}"))
+                    })?;
+                    published.composition = Some((style, composition.clone()));
+                    composition
+                }
+            };
+            gst_video::VideoOverlayCompositionMeta::add(buf, &composition);
         }
     }
     let structure = meta::structure(result, &published.mask, carried);

@@ -42,14 +42,14 @@ fn rectangle(
     ))
 }
 
-/// Attaches the overlay of `labels` (laid out by `geometry`) and `instances` to `buffer`.
-pub fn attach(
-    buffer: &mut gst::BufferRef,
+/// The overlay of `labels` (laid out by `geometry`) and `instances`, to attach to each buffer
+/// that shows them with [`gst_video::VideoOverlayCompositionMeta::add`].
+pub fn compose(
     labels: &[u8],
     geometry: &MaskGeometry,
     instances: &[OverlayInstance],
     style: OverlayStyle,
-) -> Result<(), glib::BoolError> {
+) -> Result<gst_video::VideoOverlayComposition, glib::BoolError> {
     let (width, height) = (geometry.grid_width, geometry.grid_height);
     let mut rectangles = vec![rectangle(
         mask_argb(labels, width as usize, height as usize, instances, style),
@@ -87,7 +87,5 @@ pub fn attach(
             rectangles.push(rectangle(pixels, w, h, (x, y, w, h))?);
         }
     }
-    let composition = gst_video::VideoOverlayComposition::new(&rectangles)?;
-    gst_video::VideoOverlayCompositionMeta::add(buffer, &composition);
-    Ok(())
+    gst_video::VideoOverlayComposition::new(&rectangles)
 }

@@ -74,7 +74,7 @@ pub struct OverlayInstance<'a> {
     pub text: &'a str,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OverlayStyle {
     /// Opacity of the mask fill, 0..=1.
     pub alpha: f32,
