@@ -52,13 +52,12 @@ fn colour_model_contract() {
     assert_eq!(contract.stride, 1);
     assert_eq!((contract.grid_width, contract.grid_height), (64, 64));
     assert_eq!(contract.embedding_dim, 3);
-    assert_eq!(contract.thresholds, [0.5, 0.75]);
+    assert_eq!(contract.recipe.thresholds, [0.5, 0.75]);
     assert_eq!(contract.labels, ["red", "green", "blue"]);
     assert_eq!((contract.mean, contract.std), ([0.0; 3], [1.0; 3]));
     assert_eq!(contract.resize, Resize::Letterbox);
     // The file's alpha, seed-threshold and min-area; the defaults for the keys it lacks.
     let recipe = &contract.recipe;
-    assert_eq!(recipe.thresholds, [0.5, 0.75]);
     assert_eq!(recipe.alpha, 0.3);
     assert_eq!(recipe.seed_threshold, 0.5);
     assert_eq!(recipe.min_area, 4);

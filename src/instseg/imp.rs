@@ -516,26 +516,24 @@ impl InstSeg {
         })?;
         let inferred = Instant::now();
         // Scanning the outputs costs a pass over them; once warned, there is nothing to report.
-        let non_finite = if *warned_non_finite {
-            0.0
-        } else {
-            outputs.non_finite_share()
-        };
-        if non_finite > 0.5 {
-            *warned_non_finite = true;
-            outcome.warning = Some(format!(
-                "{:.0}% of the model's outputs on frame {frame_index} are NaN or infinite: \
-                 those pixels are never part of an instance; check the model and its \
-                 instseg.mean and instseg.std (reported once)",
-                100.0 * non_finite
-            ));
+        if !*warned_non_finite {
+            let non_finite = outputs.non_finite_share();
+            if non_finite > 0.5 {
+                *warned_non_finite = true;
+                outcome.warning = Some(format!(
+                    "{:.0}% of the model's outputs on frame {frame_index} are NaN or infinite: \
+                     those pixels are never part of an instance; check the model and its \
+                     instseg.mean and instseg.std (reported once)",
+                    100.0 * non_finite
+                ));
+            }
         }
 
         let segmentation = OutputView::new(
             &outputs.embedding,
             &outputs.classes,
             contract.embedding_dim,
-            contract.thresholds.len(),
+            contract.recipe.thresholds.len(),
             contract.labels.len() + 1,
             contract.grid_height as usize,
             contract.grid_width as usize,
@@ -972,7 +970,7 @@ impl BaseTransformImpl for InstSeg {
             contract.input_height,
             contract.stride,
             contract.embedding_dim,
-            contract.thresholds,
+            contract.recipe.thresholds,
             contract.labels,
         );
         let results = if settings.results_location.is_empty() {

@@ -275,7 +275,7 @@ pub(super) fn validate(
 
     let defaults = Params::default();
     let recipe = Params {
-        thresholds: thresholds.clone(),
+        thresholds,
         seed_threshold: seed_threshold.unwrap_or(defaults.seed_threshold),
         alpha: alpha.unwrap_or(defaults.alpha),
         min_area: min_area.unwrap_or(defaults.min_area),
@@ -298,7 +298,6 @@ pub(super) fn validate(
         grid_width: input_width / stride,
         grid_height: input_height / stride,
         embedding_dim: dim,
-        thresholds,
         labels,
         mean,
         std,

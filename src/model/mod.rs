@@ -97,15 +97,14 @@ pub struct Contract {
     pub grid_height: u32,
     /// D, the length of one pixel's embedding.
     pub embedding_dim: usize,
-    /// The T values of tau, ascending.
-    pub thresholds: Vec<f64>,
     /// The C class names, for class ids 1..=C.
     pub labels: Vec<String>,
     pub mean: [f32; 3],
     pub std: [f32; 3],
     pub resize: Resize,
     /// The model's post-processing recipe: the values of its post-processing keys over the
-    /// defaults of [`Params`] (docs/contract.md lists the keys).
+    /// defaults of [`Params`] (docs/contract.md lists the keys); its `thresholds` are the T
+    /// values of tau, ascending.
     pub recipe: Params,
 }
 
@@ -350,7 +349,7 @@ impl Model {
         }
         self.backend.run(input, [1, 3, height, width], outputs)?;
         let grid = contract.grid_width as usize * contract.grid_height as usize;
-        let classes_len = contract.thresholds.len() * (contract.labels.len() + 1) * grid;
+        let classes_len = contract.recipe.thresholds.len() * (contract.labels.len() + 1) * grid;
         for (name, len, values, shape) in [
             (
                 "embedding",

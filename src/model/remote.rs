@@ -197,16 +197,18 @@ impl RemoteBackend {
                 self.url,
                 self.timeout.as_millis()
             )),
-            err if is_transient(&err) => ModelError::Server(format!(
-                "cannot reach inference server for {} ({err}, after {RETRIES} retries); check \
-                 that the server runs and the URL",
-                self.url
-            )),
-            err => ModelError::Server(format!(
-                "cannot reach inference server for {} ({err}); check that the server runs and \
-                 the URL",
-                self.url
-            )),
+            err => {
+                let retried = if is_transient(&err) {
+                    format!(", after {RETRIES} retries")
+                } else {
+                    String::new()
+                };
+                ModelError::Server(format!(
+                    "cannot reach inference server for {} ({err}{retried}); check that the \
+                     server runs and the URL",
+                    self.url
+                ))
+            }
         }
     }
 
